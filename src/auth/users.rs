@@ -1,0 +1,128 @@
+//! The users file and the APOP secrets file: reading, checking and rewriting them.
+//!
+//! Both are `name:value` lines (`#` starts a comment). The users file holds argon2 PHC
+//! strings; the secrets file holds APOP secrets in the clear, because APOP needs them, so it
+//! is refused when anyone but its owner may read it. The users file gets the same rule: the
+//! hashes are what an offline guesser wants.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use crate::store::is_valid_user_name;
+
+/// `name → value` in file order.
+pub type Entries = BTreeMap<String, String>;
+
+/// A problem with one of the files, naming it.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// It could not be read or written.
+    #[error("{path}: {source}")]
+    Io { path: String, source: io::Error },
+    /// Group or others may read it.
+    #[error("{path}: mode {mode:o} lets group or others read it; run `chmod 600 {path}`")]
+    TooOpen { path: String, mode: u32 },
+    /// A line is malformed.
+    #[error("{path}:{line}: {why}")]
+    Syntax { path: String, line: usize, why: String },
+}
+
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> FileError + '_ {
+    move |source| FileError::Io { path: path.display().to_string(), source }
+}
+
+/// Read a `name:value` file; a missing file is an empty one when `missing_ok`.
+pub fn read_entries(path: &Path, missing_ok: bool) -> Result<Entries, FileError> {
+    let text = match fs::read_to_string(path) {
+        Err(e) if missing_ok && e.kind() == io::ErrorKind::NotFound => return Ok(Entries::new()),
+        other => other.map_err(io_error(path))?,
+    };
+    let mode = fs::metadata(path).map_err(io_error(path))?.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(FileError::TooOpen { path: path.display().to_string(), mode: mode & 0o777 });
+    }
+    let mut entries = Entries::new();
+    for (i, line) in text.lines().enumerate() {
+        let syntax = |why: String| FileError::Syntax { path: path.display().to_string(), line: i + 1, why };
+        let line = line.trim_end_matches('\r');
+        if line.trim().is_empty() || line.trim_start().starts_with('#') {
+            continue;
+        }
+        let (name, value) = line.split_once(':').ok_or_else(|| syntax("expected name:value".into()))?;
+        if !is_valid_user_name(name) {
+            return Err(syntax(format!("invalid user name {name:?}")));
+        }
+        if entries.insert(name.to_owned(), value.to_owned()).is_some() {
+            return Err(syntax(format!("user {name:?} appears twice")));
+        }
+    }
+    Ok(entries)
+}
+
+/// Replace the file at `path` with `entries`, atomically and with mode 0600.
+pub fn write_entries(path: &Path, entries: &Entries) -> Result<(), FileError> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(io_error(dir))?;
+    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{file_name}.tmp{}", std::process::id()));
+    let write = || -> io::Result<()> {
+        let mut file: File = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        // An existing temp file keeps its mode under O_CREAT: force it.
+        file.set_permissions(fs::Permissions::from_mode(0o600))?;
+        for (name, value) in entries {
+            writeln!(file, "{name}:{value}")?;
+        }
+        file.sync_all()?;
+        fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    };
+    write().map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        FileError::Io { path: path.display().to_string(), source: e }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_with_private_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/users");
+        let mut entries = Entries::new();
+        entries.insert("alice".into(), "secret:with:colons".into());
+        write_entries(&path, &entries).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(read_entries(&path, false).unwrap(), entries);
+    }
+
+    #[test]
+    fn readable_by_others_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secrets");
+        fs::write(&path, "alice:x\n").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(matches!(read_entries(&path, false), Err(FileError::TooOpen { .. })));
+    }
+
+    #[test]
+    fn bad_lines_name_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users");
+        fs::write(&path, "# comment\nalice:x\n../etc:y\n").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        let err = read_entries(&path, false).unwrap_err().to_string();
+        assert!(err.ends_with(":3: invalid user name \"../etc\""), "{err}");
+    }
+
+    #[test]
+    fn missing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(read_entries(&dir.path().join("none"), true).unwrap().is_empty());
+        assert!(read_entries(&dir.path().join("none"), false).is_err());
+    }
+}

@@ -1,0 +1,310 @@
+//! Subcommands: parsing (clap) and the little glue each one needs.
+
+use std::io::{BufRead, IsTerminal};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+use apopd::auth::users::{self, Entries};
+use apopd::auth::{apop, password};
+use apopd::config::Config;
+use apopd::server::Server;
+use apopd::{demo, store};
+
+/// The config file used by `user` and `deliver` when no --config is given.
+const DEFAULT_CONFIG: &str = "/etc/apopd/apopd.toml";
+
+/// sysexits.h codes an MTA understands.
+const EX_NOUSER: u8 = 67;
+const EX_TEMPFAIL: u8 = 75;
+
+#[derive(Parser, Debug)]
+#[command(name = "apopd", version, about = "A POP3/APOP server for maildir mailboxes")]
+pub struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve POP3. Without --config, serves a copy of the bundled demo on 127.0.0.1:1110.
+    Serve {
+        /// The config file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a config file and print the effective configuration.
+    CheckConfig {
+        /// The config file (default: the bundled demo's).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Print the APOP digest of TIMESTAMP and SECRET (SECRET read from stdin when omitted).
+    ApopDigest {
+        /// The greeting's timestamp, angle brackets included, e.g. '<1896.697170952@dbc.mtview.ca.us>'.
+        timestamp: String,
+        /// The shared secret.
+        secret: Option<String>,
+    },
+    /// Deliver the message on stdin into USER's maildir (tmp/, fsync, rename into new/).
+    Deliver {
+        /// The recipient.
+        user: String,
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Manage the users file and APOP secrets.
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum UserAction {
+    /// Add a user: password from stdin's first line (prompted on a terminal).
+    Add {
+        name: String,
+        /// Also set an APOP secret (stdin's second line).
+        #[arg(long)]
+        apop: bool,
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Change a user's password (and, with --apop, APOP secret).
+    Passwd {
+        name: String,
+        /// Also set the APOP secret (stdin's second line).
+        #[arg(long)]
+        apop: bool,
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Remove a user's password and APOP secret (the maildir is left alone).
+    Del {
+        name: String,
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// List users and which login methods each has.
+    List {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+}
+
+/// Run the parsed command.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    match args.command {
+        Command::Serve { config } => serve(config),
+        Command::CheckConfig { config } => {
+            let path = config.unwrap_or_else(|| Path::new(demo::DEMO_SOURCE).join(demo::DEMO_CONFIG));
+            let config = Config::load(&path)?;
+            println!("{}", config.to_toml().trim_end());
+            eprintln!("{}: OK", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::ApopDigest { timestamp, secret } => {
+            let secret = match secret {
+                Some(secret) => secret,
+                None => Secrets::from_stdin().next("APOP secret: ")?,
+            };
+            println!("{}", apop::digest(&timestamp, secret.as_bytes()));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Deliver { user, config } => Ok(deliver(&user, &config)),
+        Command::User { action } => user(action),
+    }
+}
+
+fn serve(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let path = match config {
+        Some(path) => path,
+        None => {
+            let dir = demo::prepare()?;
+            eprintln!("apopd: serving the demo from {} (a fresh copy of {})", dir.display(), demo::DEMO_SOURCE);
+            dir.join(demo::DEMO_CONFIG)
+        }
+    };
+    let config = Config::load(&path)?;
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let server = Server::bind(config).await?;
+        for addr in server.local_addrs() {
+            eprintln!("apopd: POP3 on {addr}");
+        }
+        server.run(shutdown_signal()).await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(e) => {
+            tracing::error!("cannot watch SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// `apopd deliver`: exit codes follow sysexits.h so an MTA retries or bounces correctly.
+fn deliver(user: &str, config: &Path) -> ExitCode {
+    let config = match Config::load(config) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("apopd deliver: {e:#}");
+            return ExitCode::from(EX_TEMPFAIL);
+        }
+    };
+    let known = users::read_entries(&config.users_file, false).map(|u| u.contains_key(user));
+    let dir = match (known, config.mail_root().map(|r| r.maildir_of(user))) {
+        (Ok(true), Ok(Some(dir))) => dir,
+        (Ok(_), Ok(_)) => {
+            eprintln!("apopd deliver: no such user {user:?}");
+            return ExitCode::from(EX_NOUSER);
+        }
+        (Err(e), _) => {
+            eprintln!("apopd deliver: {e}");
+            return ExitCode::from(EX_TEMPFAIL);
+        }
+        (_, Err(e)) => {
+            eprintln!("apopd deliver: {e:#}");
+            return ExitCode::from(EX_TEMPFAIL);
+        }
+    };
+    match store::deliver::deliver(&dir, &mut std::io::stdin().lock()) {
+        Ok(id) => {
+            tracing::info!(user = ?user, id, "delivered");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("apopd deliver: cannot deliver to {}: {e}", dir.display());
+            ExitCode::from(EX_TEMPFAIL)
+        }
+    }
+}
+
+fn user(action: UserAction) -> anyhow::Result<ExitCode> {
+    match action {
+        UserAction::Add { name, apop, config } => set_credentials(&name, apop, &config, true),
+        UserAction::Passwd { name, apop, config } => set_credentials(&name, apop, &config, false),
+        UserAction::Del { name, config } => {
+            let config = Config::load(&config)?;
+            let mut found = false;
+            for path in files(&config) {
+                let mut entries = users::read_entries(&path, true)?;
+                if entries.remove(&name).is_some() {
+                    users::write_entries(&path, &entries)?;
+                    found = true;
+                }
+            }
+            if !found {
+                bail!("no such user {name:?}");
+            }
+            println!("removed {name} (the maildir is left in place)");
+            Ok(ExitCode::SUCCESS)
+        }
+        UserAction::List { config } => {
+            let config = Config::load(&config)?;
+            let hashes = users::read_entries(&config.users_file, true)?;
+            let secrets = match &config.apop_secrets_file {
+                Some(path) => users::read_entries(path, true)?,
+                None => Entries::new(),
+            };
+            let mut names: Vec<&String> = hashes.keys().chain(secrets.keys()).collect();
+            names.sort();
+            names.dedup();
+            for name in names {
+                let mut methods = Vec::new();
+                if hashes.contains_key(name) {
+                    methods.push("password");
+                }
+                if secrets.contains_key(name) {
+                    methods.push("apop");
+                }
+                println!("{name} {}", methods.join(","));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The users file and, when configured, the APOP secrets file.
+fn files(config: &Config) -> Vec<PathBuf> {
+    std::iter::once(config.users_file.clone()).chain(config.apop_secrets_file.clone()).collect()
+}
+
+/// `user add` (`adding`) or `user passwd`: hash the password, store the APOP secret.
+fn set_credentials(name: &str, with_apop: bool, config: &Path, adding: bool) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        store::is_valid_user_name(name),
+        "invalid user name {name:?}: use 1-64 of A-Z a-z 0-9 . _ @ + - (not starting with a dot)"
+    );
+    let config = Config::load(config)?;
+    let mut hashes = users::read_entries(&config.users_file, true)?;
+    match (adding, hashes.contains_key(name)) {
+        (true, true) => bail!("user {name:?} exists; use `apopd user passwd`"),
+        (false, false) => bail!("no such user {name:?}; use `apopd user add`"),
+        _ => {}
+    }
+    let secrets_path = match (with_apop, &config.apop_secrets_file) {
+        (true, None) => bail!("--apop needs apop_secrets_file in the config"),
+        (_, path) => path.clone(),
+    };
+    let mut input = Secrets::from_stdin();
+    let password = input.next_confirmed("Password: ")?;
+    anyhow::ensure!(!password.is_empty(), "empty password");
+    let secret = if with_apop { Some(input.next_confirmed("APOP secret: ")?) } else { None };
+    hashes.insert(name.to_owned(), password::hash(password.as_bytes()).map_err(anyhow::Error::msg)?);
+    users::write_entries(&config.users_file, &hashes)?;
+    if let (Some(secret), Some(path)) = (secret, secrets_path) {
+        anyhow::ensure!(!secret.is_empty(), "empty APOP secret");
+        let mut secrets = users::read_entries(&path, true)?;
+        secrets.insert(name.to_owned(), secret);
+        users::write_entries(&path, &secrets)?;
+    }
+    println!("{} {name}", if adding { "added" } else { "updated" });
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Secrets typed at a no-echo prompt on a terminal, or read line by line from a pipe.
+struct Secrets {
+    lines: Option<std::io::Lines<std::io::StdinLock<'static>>>,
+}
+
+impl Secrets {
+    fn from_stdin() -> Self {
+        let stdin = std::io::stdin();
+        let lines = (!stdin.is_terminal()).then(|| stdin.lock().lines());
+        Secrets { lines }
+    }
+
+    fn next(&mut self, prompt: &str) -> anyhow::Result<String> {
+        match &mut self.lines {
+            Some(lines) => {
+                let line = lines.next().context("stdin ended before the secret")??;
+                Ok(line.trim_end_matches('\r').to_owned())
+            }
+            None => rpassword::prompt_password(prompt).context("cannot read from the terminal"),
+        }
+    }
+
+    /// On a terminal, ask twice and insist on a match.
+    fn next_confirmed(&mut self, prompt: &str) -> anyhow::Result<String> {
+        let first = self.next(prompt)?;
+        if self.lines.is_none() && self.next("Again: ")? != first {
+            bail!("the two entries differ");
+        }
+        Ok(first)
+    }
+}

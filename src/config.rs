@@ -1,0 +1,175 @@
+//! The configuration file (TOML): keys, defaults and validation.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::store::MailRoot;
+
+/// RFC 1939 §3: an inactivity autologout timer must be at least 10 minutes.
+pub const MIN_IDLE_TIMEOUT_SECS: u64 = 600;
+
+/// Everything `apopd serve` needs; see the README for each key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Plain POP3 listeners.
+    #[serde(default = "default_listen")]
+    pub listen: Vec<SocketAddr>,
+    /// Each user's maildir, `{user}` standing for the user name.
+    pub mail_root: String,
+    /// `name:argon2-PHC-string` lines.
+    #[serde(default = "default_users_file")]
+    pub users_file: PathBuf,
+    /// `name:secret` lines for APOP; must be mode 0600.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apop_secrets_file: Option<PathBuf>,
+    /// The host name in the greeting's APOP timestamp.
+    #[serde(default = "default_hostname")]
+    pub hostname: String,
+    /// Close a session silent for this long (no UPDATE).
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_secs: u64,
+    /// Wait this long before answering a failed login.
+    #[serde(default = "default_auth_failure_delay")]
+    pub auth_failure_delay_ms: u64,
+    /// Networks where USER/PASS is allowed without TLS (loopback always is).
+    #[serde(default)]
+    pub plaintext_auth_networks: Vec<IpNet>,
+    /// Minimum seconds between two logins of one user; advertised as LOGIN-DELAY.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login_delay_secs: Option<u64>,
+    /// Most simultaneous connections; more are answered `-ERR [SYS/TEMP]` and closed.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+fn default_listen() -> Vec<SocketAddr> {
+    vec![SocketAddr::from(([127, 0, 0, 1], 110))]
+}
+fn default_users_file() -> PathBuf {
+    PathBuf::from("/etc/apopd/users")
+}
+fn default_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+fn default_idle_timeout() -> u64 {
+    MIN_IDLE_TIMEOUT_SECS
+}
+fn default_auth_failure_delay() -> u64 {
+    2000
+}
+fn default_max_connections() -> usize {
+    1024
+}
+
+impl Config {
+    /// Read, resolve relative paths against the file's directory, and validate.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+        let mut config: Config = toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve_paths(base);
+        config.validate().with_context(|| format!("invalid config {}", path.display()))?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        // `join` keeps an absolute path as it is.
+        self.users_file = base.join(&self.users_file);
+        self.apop_secrets_file = self.apop_secrets_file.as_deref().map(|p| base.join(p));
+        if Path::new(&self.mail_root).is_relative() {
+            self.mail_root = base.join(&self.mail_root).to_string_lossy().into_owned();
+        }
+    }
+
+    /// Check every key; the error names the key and the problem.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.listen.is_empty() {
+            bail!("listen: give at least one ADDR:PORT");
+        }
+        MailRoot::new(&self.mail_root).context("mail_root")?;
+        if self.idle_timeout_secs < MIN_IDLE_TIMEOUT_SECS {
+            bail!(
+                "idle_timeout_secs: {} is below RFC 1939's minimum of {MIN_IDLE_TIMEOUT_SECS}",
+                self.idle_timeout_secs
+            );
+        }
+        if self.max_connections == 0 {
+            bail!("max_connections: must be at least 1");
+        }
+        if self.auth_failure_delay_ms > 60_000 {
+            bail!("auth_failure_delay_ms: {} is over a minute; clients would time out", self.auth_failure_delay_ms);
+        }
+        Ok(())
+    }
+
+    /// The validated mail root.
+    pub fn mail_root(&self) -> anyhow::Result<MailRoot> {
+        MailRoot::new(&self.mail_root).context("mail_root")
+    }
+
+    /// The inactivity timeout.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+
+    /// True when USER/PASS may be used without TLS by a client at `peer`.
+    pub fn plaintext_allowed_from(&self, peer: IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        peer.is_loopback() || self.plaintext_auth_networks.iter().any(|net| net.contains(&peer))
+    }
+
+    /// The effective configuration as TOML, for `apopd check-config`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> anyhow::Result<Config> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("apopd.toml");
+        std::fs::write(&path, text)?;
+        Config::load(&path)
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults_and_absolute_paths() {
+        let c = parse("mail_root = \"mail/{user}\"\nusers_file = \"users\"\n").unwrap();
+        assert_eq!(c.listen, default_listen());
+        assert!(Path::new(&c.mail_root).is_absolute());
+        assert!(c.users_file.is_absolute());
+        assert_eq!(c.idle_timeout_secs, 600);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = |text: &str| format!("{:#}", parse(text).unwrap_err());
+        assert!(err("mail_root = \"/srv/mail\"").contains("mail_root"));
+        assert!(err("mail_root = \"/m/{user}\"\nidle_timeout_secs = 5").contains("idle_timeout_secs"));
+        assert!(err("mail_root = \"/m/{user}\"\nlisten = [\"nonsense\"]").contains("listen"));
+        assert!(err("mail_root = \"/m/{user}\"\nlisten_typo = []").contains("listen_typo"));
+        assert!(err("users_file = \"x\"").contains("mail_root"));
+    }
+
+    #[test]
+    fn plaintext_policy() {
+        let c = parse("mail_root = \"/m/{user}\"\nplaintext_auth_networks = [\"192.0.2.0/24\"]").unwrap();
+        assert!(c.plaintext_allowed_from("127.0.0.1".parse().unwrap()));
+        assert!(c.plaintext_allowed_from("::1".parse().unwrap()));
+        assert!(c.plaintext_allowed_from("::ffff:192.0.2.7".parse().unwrap()));
+        assert!(!c.plaintext_allowed_from("198.51.100.1".parse().unwrap()));
+    }
+}

@@ -1,0 +1,12 @@
+//! apopd: a POP3/APOP server for maildir mailboxes.
+//!
+//! Data flows one way: socket → [`session::lines`] → [`protocol::command`] → [`session`]
+//! → [`store`] → [`protocol::response`] → socket.
+
+pub mod auth;
+pub mod config;
+pub mod demo;
+pub mod protocol;
+pub mod server;
+pub mod session;
+pub mod store;

@@ -1,0 +1,255 @@
+//! Building POP3 responses: status lines and the multi-line body encoder.
+//!
+//! [`BodyEncoder`] turns message bytes, fed in arbitrary chunks, into what goes on the wire:
+//! every line ending becomes CRLF, a line starting with `.` gets one more `.` in front
+//! (byte-stuffing), an unterminated last line is terminated, and `TOP` stops after the
+//! headers plus n body lines. The same state machine, with stuffing off, measures a
+//! message's octet count, so the size LIST reports is the size RETR sends.
+
+use memchr::memchr;
+
+/// The longest status line we send, CRLF included (RFC 2449).
+pub const MAX_RESPONSE_LINE: usize = 512;
+
+/// The multi-line terminator.
+pub const TERMINATOR: &[u8] = b".\r\n";
+
+/// A `+OK` line with `text`, cut to the 512-octet limit.
+pub fn ok(text: &str) -> Vec<u8> {
+    status("+OK", text)
+}
+
+/// A `-ERR` line with `text`, cut to the 512-octet limit.
+pub fn err(text: &str) -> Vec<u8> {
+    status("-ERR", text)
+}
+
+fn status(indicator: &str, text: &str) -> Vec<u8> {
+    let mut line = Vec::with_capacity(indicator.len() + text.len() + 3);
+    line.extend_from_slice(indicator.as_bytes());
+    if !text.is_empty() {
+        line.push(b' ');
+        // Never let a line ending inside `text` split the response.
+        line.extend(text.bytes().map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b }));
+    }
+    line.truncate(MAX_RESPONSE_LINE - 2);
+    line.extend_from_slice(b"\r\n");
+    line
+}
+
+/// A complete multi-line response: status line, `lines` (each ending CRLF, stuffed), terminator.
+pub fn multi_line<I, S>(first: &str, lines: I) -> Vec<u8>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    let mut out = ok(first);
+    let mut encoder = BodyEncoder::new(None);
+    for line in lines {
+        encoder.push(line.as_ref().as_bytes(), &mut out);
+        encoder.push(b"\r\n", &mut out);
+    }
+    encoder.finish(&mut out);
+    out
+}
+
+/// Encodes a message body for the wire, chunk by chunk; see the module docs.
+#[derive(Debug, Clone)]
+pub struct BodyEncoder {
+    stuff: bool,
+    /// For TOP: how many body lines may still be sent; `None` sends everything.
+    body_lines_left: Option<u64>,
+    in_headers: bool,
+    at_line_start: bool,
+    prev_cr: bool,
+    /// Bytes of the current line so far, for spotting the empty line that ends the headers.
+    line_len: u64,
+    done: bool,
+}
+
+impl BodyEncoder {
+    /// An encoder that byte-stuffs; `top` limits the body to that many lines (TOP).
+    pub fn new(top: Option<u64>) -> Self {
+        BodyEncoder {
+            stuff: true,
+            body_lines_left: top,
+            in_headers: true,
+            at_line_start: true,
+            prev_cr: false,
+            line_len: 0,
+            done: false,
+        }
+    }
+
+    /// An encoder that does not stuff: its output length is the message's POP3 octet count.
+    pub fn measuring() -> Self {
+        BodyEncoder { stuff: false, ..Self::new(None) }
+    }
+
+    /// True once TOP's line budget is spent: further input would be ignored.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Encode `input` onto `out`.
+    pub fn push(&mut self, mut input: &[u8], out: &mut Vec<u8>) {
+        while !input.is_empty() && !self.done {
+            if self.at_line_start && self.stuff && input[0] == b'.' {
+                out.push(b'.');
+            }
+            match memchr(b'\n', input) {
+                None => {
+                    out.extend_from_slice(input);
+                    self.line_len += input.len() as u64;
+                    self.prev_cr = input[input.len() - 1] == b'\r';
+                    self.at_line_start = false;
+                    return;
+                }
+                Some(i) => {
+                    let line = &input[..i];
+                    out.extend_from_slice(line);
+                    let ends_cr = if line.is_empty() { self.prev_cr } else { line[i - 1] == b'\r' };
+                    out.extend_from_slice(if ends_cr { b"\n" } else { b"\r\n" });
+                    let content_len = self.line_len + line.len() as u64 - u64::from(ends_cr);
+                    self.end_line(content_len == 0);
+                    input = &input[i + 1..];
+                }
+            }
+        }
+    }
+
+    fn end_line(&mut self, empty: bool) {
+        self.at_line_start = true;
+        self.prev_cr = false;
+        self.line_len = 0;
+        if self.in_headers {
+            if empty {
+                self.in_headers = false;
+                self.done = self.body_lines_left == Some(0);
+            }
+        } else if let Some(left) = self.body_lines_left.as_mut() {
+            *left -= 1;
+            self.done = *left == 0;
+        }
+    }
+
+    /// Terminate an unfinished last line and, when stuffing, append the `.` CRLF terminator.
+    pub fn finish(mut self, out: &mut Vec<u8>) {
+        if !self.at_line_start && !self.done {
+            out.extend_from_slice(if self.prev_cr { b"\n" } else { b"\r\n" });
+            self.at_line_start = true;
+        }
+        if self.stuff {
+            out.extend_from_slice(TERMINATOR);
+        }
+    }
+}
+
+/// The POP3 octet count of a whole message held in memory (tests and small inputs).
+pub fn wire_size(message: &[u8]) -> u64 {
+    let mut out = Vec::with_capacity(message.len() + 64);
+    let mut enc = BodyEncoder::measuring();
+    enc.push(message, &mut out);
+    enc.finish(&mut out);
+    out.len() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn encode(msg: &[u8], top: Option<u64>, chunk: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut enc = BodyEncoder::new(top);
+        for piece in msg.chunks(chunk.max(1)) {
+            enc.push(piece, &mut out);
+        }
+        enc.finish(&mut out);
+        out
+    }
+
+    /// What a client does: strip the terminator and one leading dot from each line.
+    fn unstuff(wire: &[u8]) -> Vec<u8> {
+        assert!(wire.ends_with(b".\r\n"));
+        let body = &wire[..wire.len() - 3];
+        let mut out = Vec::new();
+        for line in body.split_inclusive(|&b| b == b'\n') {
+            assert!(line.ends_with(b"\r\n"), "line without CRLF: {line:?}");
+            assert_ne!(line, b".\r\n", "unstuffed terminator inside body");
+            out.extend_from_slice(line.strip_prefix(b".").unwrap_or(line));
+        }
+        out
+    }
+
+    /// The message as RETR must deliver it: CRLF everywhere, last line terminated.
+    fn crlf(msg: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (i, &b) in msg.iter().enumerate() {
+            if b == b'\n' && (i == 0 || msg[i - 1] != b'\r') {
+                out.push(b'\r');
+            }
+            out.push(b);
+        }
+        if !out.is_empty() && !out.ends_with(b"\n") {
+            out.extend_from_slice(if out.ends_with(b"\r") { b"\n" } else { b"\r\n" });
+        }
+        out
+    }
+
+    #[test]
+    fn stuffs_dots_and_fixes_line_endings() {
+        let wire = encode(b"Subject: x\n\n.hidden\n..two\nend", None, 4096);
+        assert_eq!(wire, b"Subject: x\r\n\r\n..hidden\r\n...two\r\nend\r\n.\r\n");
+    }
+
+    #[test]
+    fn top_sends_headers_blank_line_and_n_lines() {
+        let msg = b"A: 1\r\nB: 2\r\n\r\nl1\r\nl2\r\nl3\r\n";
+        assert_eq!(encode(msg, Some(0), 3), b"A: 1\r\nB: 2\r\n\r\n.\r\n");
+        assert_eq!(encode(msg, Some(2), 1), b"A: 1\r\nB: 2\r\n\r\nl1\r\nl2\r\n.\r\n");
+        assert_eq!(encode(msg, Some(99), 5), [&msg[..], b".\r\n"].concat());
+        // No body at all: the whole message is the header section.
+        assert_eq!(encode(b"A: 1\n", Some(0), 2), b"A: 1\r\n.\r\n");
+    }
+
+    #[test]
+    fn empty_message_is_just_the_terminator() {
+        assert_eq!(encode(b"", None, 1), b".\r\n");
+        assert_eq!(wire_size(b""), 0);
+    }
+
+    #[test]
+    fn status_lines_are_bounded_and_single() {
+        let long = "x".repeat(2000);
+        assert_eq!(ok(&long).len(), MAX_RESPONSE_LINE);
+        assert_eq!(err("a\r\nb"), b"-ERR a  b\r\n");
+    }
+
+    #[test]
+    fn multi_line_lists_are_stuffed() {
+        assert_eq!(multi_line("x", [".a", "b"]), b"+OK x\r\n..a\r\nb\r\n.\r\n");
+    }
+
+    fn message() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(prop_oneof![Just(b'.'), Just(b'\r'), Just(b'\n'), Just(b'a'), any::<u8>()], 0..400)
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip_gives_crlf_message(msg in message(), chunk in 1usize..64) {
+            let wire = encode(&msg, None, chunk);
+            prop_assert_eq!(unstuff(&wire), crlf(&msg));
+        }
+
+        #[test]
+        fn size_is_what_retr_sends_before_stuffing(msg in message()) {
+            prop_assert_eq!(wire_size(&msg), crlf(&msg).len() as u64);
+        }
+
+        #[test]
+        fn chunking_never_changes_output(msg in message(), chunk in 1usize..32, top in proptest::option::of(0u64..5)) {
+            prop_assert_eq!(encode(&msg, top, chunk), encode(&msg, top, msg.len().max(1)));
+        }
+    }
+}

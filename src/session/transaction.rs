@@ -1,0 +1,150 @@
+//! The TRANSACTION state and UPDATE: the commands on an open mailbox.
+
+use std::sync::Arc;
+
+use super::Outcome;
+use crate::protocol::Command;
+use crate::protocol::response::{err, multi_line, ok};
+use crate::store::{Mailbox, Message, mailbox::open_message};
+
+/// An open mailbox and the DELE marks on it.
+#[derive(Debug)]
+pub struct Transaction {
+    mailbox: Arc<Mailbox>,
+    deleted: Vec<bool>,
+}
+
+impl Transaction {
+    /// Start TRANSACTION on a locked, scanned mailbox.
+    pub fn new(mailbox: Mailbox) -> Self {
+        let deleted = vec![false; mailbox.messages().len()];
+        Transaction { mailbox: Arc::new(mailbox), deleted }
+    }
+
+    /// Messages not marked deleted, and their octets.
+    pub fn totals(&self) -> (usize, u64) {
+        self.live().fold((0, 0), |(n, size), (_, m)| (n + 1, size + m.size))
+    }
+
+    /// `(number, message)` for every message not marked deleted.
+    fn live(&self) -> impl Iterator<Item = (usize, &Message)> {
+        self.mailbox.messages().iter().enumerate().filter(|(i, _)| !self.deleted[*i]).map(|(i, m)| (i + 1, m))
+    }
+
+    /// The 0-based index of message `number`, or the `-ERR` to answer.
+    fn index(&self, number: u64) -> Result<usize, Vec<u8>> {
+        let count = self.deleted.len();
+        match usize::try_from(number) {
+            Ok(n) if (1..=count).contains(&n) => {
+                if self.deleted[n - 1] {
+                    Err(err(&format!("message {n} is deleted")))
+                } else {
+                    Ok(n - 1)
+                }
+            }
+            _ => Err(err(&format!("no such message; the maildrop has messages 1 to {count}"))),
+        }
+    }
+
+    /// Handle one command in TRANSACTION.
+    pub async fn handle(&mut self, command: Command) -> Outcome {
+        let reply = match command {
+            Command::Stat => {
+                let (count, octets) = self.totals();
+                ok(&format!("{count} {octets}"))
+            }
+            Command::List(None) => {
+                let (count, octets) = self.totals();
+                let lines = self.live().map(|(n, m)| format!("{n} {}", m.size));
+                multi_line(&format!("{count} messages ({octets} octets)"), lines)
+            }
+            Command::List(Some(n)) => match self.index(n) {
+                Ok(i) => ok(&format!("{} {}", i + 1, self.mailbox.messages()[i].size)),
+                Err(e) => e,
+            },
+            Command::Uidl(None) => {
+                let lines = self.live().map(|(n, m)| format!("{n} {}", m.uidl));
+                multi_line("unique-id listing follows", lines)
+            }
+            Command::Uidl(Some(n)) => match self.index(n) {
+                Ok(i) => ok(&format!("{} {}", i + 1, self.mailbox.messages()[i].uidl)),
+                Err(e) => e,
+            },
+            Command::Retr(n) => return self.message(n, None).await,
+            Command::Top { msg, lines } => return self.message(msg, Some(lines)).await,
+            Command::Dele(n) => match self.index(n) {
+                Ok(i) => {
+                    self.deleted[i] = true;
+                    ok(&format!("message {} marked for deletion", i + 1))
+                }
+                Err(e) => e,
+            },
+            Command::Rset => {
+                self.deleted.fill(false);
+                let (count, octets) = self.totals();
+                ok(&format!("maildrop has {count} messages ({octets} octets)"))
+            }
+            Command::Noop => ok(""),
+            Command::Quit => return Outcome::Update,
+            // USER, PASS, APOP (CAPA never gets here: the session answers it in every state).
+            _ => err("already logged in"),
+        };
+        Outcome::Reply(reply)
+    }
+
+    /// RETR (`top` = None) or TOP: open the file before saying +OK, so a missing file is an -ERR.
+    async fn message(&self, number: u64, top: Option<u64>) -> Outcome {
+        let i = match self.index(number) {
+            Ok(i) => i,
+            Err(e) => return Outcome::Reply(e),
+        };
+        let mailbox = self.mailbox.clone();
+        let opened = tokio::task::spawn_blocking(move || open_message(mailbox.dir(), &mailbox.messages()[i])).await;
+        match opened {
+            Ok(Ok(file)) => {
+                let size = self.mailbox.messages()[i].size;
+                let status = match top {
+                    None => ok(&format!("{size} octets")),
+                    Some(_) => ok("top of message follows"),
+                };
+                Outcome::Message { status, file: tokio::fs::File::from_std(file), top }
+            }
+            Ok(Err(e)) => {
+                let path = self.mailbox.dir().join(&self.mailbox.messages()[i].relative_path);
+                tracing::error!(path = %path.display(), error = %e, "cannot read message");
+                Outcome::Reply(err(&format!("[SYS/TEMP] cannot read message {}", i + 1)))
+            }
+            Err(e) => {
+                tracing::error!("message open task failed: {e}");
+                Outcome::Reply(err("[SYS/TEMP] cannot read message"))
+            }
+        }
+    }
+
+    /// UPDATE: remove the marked messages, then release the lock (by dropping the mailbox).
+    pub async fn update(self) -> Vec<u8> {
+        let marked: Vec<usize> = (0..self.deleted.len()).filter(|&i| self.deleted[i]).collect();
+        let total = marked.len();
+        let mailbox = self.mailbox;
+        let removal = tokio::task::spawn_blocking(move || mailbox.remove(&marked)).await;
+        match removal {
+            Ok(removal) if removal.failed.is_empty() => {
+                tracing::info!(deleted = removal.removed, "UPDATE done");
+                ok(&format!("apopd signing off ({} messages deleted)", removal.removed))
+            }
+            Ok(removal) => {
+                for failure in &removal.failed {
+                    tracing::error!("cannot delete message: {failure}");
+                }
+                err(&format!(
+                    "[SYS/TEMP] {} of {total} marked messages could not be deleted; they are still in the maildrop",
+                    removal.failed.len()
+                ))
+            }
+            Err(e) => {
+                tracing::error!("UPDATE task failed: {e}");
+                err("[SYS/TEMP] deleting the marked messages failed")
+            }
+        }
+    }
+}

@@ -1,0 +1,300 @@
+//! A maildir opened for one POP3 session: locked, scanned once, numbered 1..n.
+
+use std::ffi::OsString;
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use crate::protocol::response::BodyEncoder;
+
+use super::lock::{LockError, MailboxLock};
+use super::uidl::{base_name, uidl_of};
+
+/// The maildir subdirectories messages are served from, in numbering order.
+const SERVED: [&str; 2] = ["cur", "new"];
+/// All subdirectories a maildir has.
+const SUBDIRS: [&str; 3] = ["cur", "new", "tmp"];
+
+/// One message as the session sees it.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// Where the file was at scan time (`cur/…` or `new/…`, relative to the maildir).
+    pub relative_path: PathBuf,
+    /// Octets as transmitted: CRLF line endings, before byte-stuffing.
+    pub size: u64,
+    /// The RFC 1939 unique-id.
+    pub uidl: String,
+}
+
+/// Why a mailbox could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Someone else holds the lock.
+    #[error("mailbox in use")]
+    InUse,
+    /// The disk said no.
+    #[error("{0}")]
+    Io(String),
+}
+
+impl From<LockError> for OpenError {
+    fn from(e: LockError) -> Self {
+        match e {
+            LockError::InUse => OpenError::InUse,
+            e @ LockError::Io { .. } => OpenError::Io(e.to_string()),
+        }
+    }
+}
+
+/// What UPDATE did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Removal {
+    /// Messages removed (or already gone).
+    pub removed: usize,
+    /// Messages that could not be removed, with the cause.
+    pub failed: Vec<String>,
+}
+
+/// A locked, scanned maildir.
+#[derive(Debug)]
+pub struct Mailbox {
+    dir: PathBuf,
+    messages: Vec<Message>,
+    _lock: MailboxLock,
+}
+
+impl Mailbox {
+    /// Lock and scan the maildir at `dir`, creating `cur/`, `new/` and `tmp/` where missing.
+    ///
+    /// Blocking: call it from a blocking task.
+    pub fn open(dir: &Path) -> Result<Self, OpenError> {
+        for sub in SUBDIRS {
+            let path = dir.join(sub);
+            fs::create_dir_all(&path).map_err(|e| OpenError::Io(format!("cannot create {}: {e}", path.display())))?;
+        }
+        let lock = MailboxLock::try_acquire(dir)?;
+        let messages = scan(dir).map_err(OpenError::Io)?;
+        Ok(Mailbox { dir: dir.to_owned(), messages, _lock: lock })
+    }
+
+    /// The messages, numbered from 1 in this order.
+    pub fn messages(&self) -> &[Message] {
+        &self.messages
+    }
+
+    /// The maildir's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Remove the messages at the given indexes (0-based). Each removal is one atomic unlink;
+    /// a message another program renamed (a flag change) is found again by its base name.
+    ///
+    /// Blocking: call it from a blocking task.
+    pub fn remove(&self, indexes: &[usize]) -> Removal {
+        let mut result = Removal::default();
+        for &i in indexes {
+            let Some(message) = self.messages.get(i) else { continue };
+            match remove_one(&self.dir, message) {
+                Ok(()) => result.removed += 1,
+                Err(e) => result.failed.push(format!("{}: {e}", message.relative_path.display())),
+            }
+        }
+        for sub in SERVED {
+            // Make the unlinks durable; a failure here loses nothing, so it is only logged.
+            if let Err(e) = File::open(self.dir.join(sub)).and_then(|d| d.sync_all()) {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "cannot sync maildir directory");
+            }
+        }
+        result
+    }
+}
+
+fn remove_one(dir: &Path, message: &Message) -> io::Result<()> {
+    match fs::remove_file(dir.join(&message.relative_path)) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => match locate(dir, message)? {
+            Some(path) => fs::remove_file(path),
+            None => Ok(()), // already gone: the goal is reached
+        },
+        other => other,
+    }
+}
+
+/// Open a message for reading, following it if another program renamed it since the scan.
+///
+/// Blocking: call it from a blocking task.
+pub fn open_message(dir: &Path, message: &Message) -> io::Result<File> {
+    match File::open(dir.join(&message.relative_path)) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => match locate(dir, message)? {
+            Some(path) => File::open(path),
+            None => Err(e),
+        },
+        other => other,
+    }
+}
+
+/// Find the current path of `message` by its base name in `cur/` and `new/`.
+fn locate(dir: &Path, message: &Message) -> io::Result<Option<PathBuf>> {
+    let Some(name) = message.relative_path.file_name() else { return Ok(None) };
+    let wanted = base_name(name.as_bytes());
+    for sub in SERVED {
+        for entry in fs::read_dir(dir.join(sub))? {
+            let entry = entry?;
+            if base_name(entry.file_name().as_bytes()) == wanted {
+                return Ok(Some(entry.path()));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Read `cur/` and `new/` once: every regular, non-hidden file is a message.
+fn scan(dir: &Path) -> Result<Vec<Message>, String> {
+    let mut found: Vec<(u64, OsString, &str)> = Vec::new();
+    for sub in SERVED {
+        let path = dir.join(sub);
+        let entries = fs::read_dir(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let name = entry.file_name();
+            if name.as_bytes().starts_with(b".") {
+                continue;
+            }
+            found.push((delivery_time(name.as_bytes()), name, sub));
+        }
+    }
+    // Oldest first: maildir names start with the delivery time in seconds.
+    found.sort();
+
+    let mut messages = Vec::with_capacity(found.len());
+    for (_, name, sub) in found {
+        let relative_path = Path::new(sub).join(&name);
+        let size = match size_from_name(name.as_bytes()) {
+            Some(size) => size,
+            None => match measure(&dir.join(&relative_path)) {
+                Ok(Some(size)) => size,
+                Ok(None) => continue, // not a regular file
+                Err(e) => {
+                    // One unreadable file must not hide the rest of the mailbox.
+                    tracing::warn!(path = %dir.join(&relative_path).display(), error = %e, "skipping unreadable message");
+                    continue;
+                }
+            },
+        };
+        let uidl = uidl_of(name.as_bytes());
+        messages.push(Message { relative_path, size, uidl });
+    }
+    Ok(messages)
+}
+
+/// The leading decimal number of a maildir name (its delivery time), for ordering.
+fn delivery_time(name: &[u8]) -> u64 {
+    name.iter()
+        .take_while(|b| b.is_ascii_digit())
+        .fold(0u64, |n, d| n.saturating_mul(10).saturating_add(u64::from(d - b'0')))
+}
+
+/// The CRLF size a Dovecot-style `,W=<size>` field in the base name announces.
+fn size_from_name(name: &[u8]) -> Option<u64> {
+    let base = base_name(name);
+    let at = memchr::memmem::find(base, b",W=")?;
+    let digits: Vec<u8> = base[at + 3..].iter().copied().take_while(u8::is_ascii_digit).collect();
+    String::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// Count a file's POP3 octets by reading it once; `None` when it is not a regular file.
+fn measure(path: &Path) -> io::Result<Option<u64>> {
+    let mut file = File::open(path)?;
+    if !file.metadata()?.is_file() {
+        return Ok(None);
+    }
+    let mut encoder = BodyEncoder::measuring();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut out = Vec::with_capacity(buf.len() * 2);
+    let mut total = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        out.clear();
+        encoder.push(&buf[..n], &mut out);
+        total += out.len() as u64;
+    }
+    out.clear();
+    encoder.finish(&mut out);
+    Ok(Some(total + out.len() as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn maildir_with(files: &[(&str, &[u8])]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for sub in SUBDIRS {
+            fs::create_dir(dir.path().join(sub)).unwrap();
+        }
+        for (name, body) in files {
+            fs::write(dir.path().join(name), body).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn scans_new_and_cur_oldest_first_with_crlf_sizes() {
+        let dir = maildir_with(&[
+            ("new/300.a.host", b"Subject: b\n\nbody\n"),
+            ("cur/100.b.host:2,S", b"Subject: a\r\n\r\nbody\r\n"),
+            ("cur/.hidden", b"x"),
+            ("tmp/200.c.host", b"in delivery"),
+        ]);
+        let mailbox = Mailbox::open(dir.path()).unwrap();
+        let m = mailbox.messages();
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].uidl, "100.b.host");
+        assert_eq!(m[0].size, 20);
+        assert_eq!(m[1].uidl, "300.a.host");
+        assert_eq!(m[1].size, 20, "bare LFs count as CRLF");
+    }
+
+    #[test]
+    fn size_field_in_name_is_used() {
+        assert_eq!(size_from_name(b"1.M2P3.host,S=100,W=104:2,S"), Some(104));
+        assert_eq!(size_from_name(b"1.M2P3.host,S=100:2,W=5"), None);
+        let dir = maildir_with(&[("new/1.x,S=3,W=7", b"abc")]);
+        assert_eq!(Mailbox::open(dir.path()).unwrap().messages()[0].size, 7);
+    }
+
+    #[test]
+    fn missing_subdirectories_are_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let mailbox = Mailbox::open(dir.path()).unwrap();
+        assert!(mailbox.messages().is_empty());
+        assert!(dir.path().join("tmp").is_dir());
+    }
+
+    #[test]
+    fn remove_follows_renamed_files_and_reports_counts() {
+        let dir = maildir_with(&[("new/1.a", b"a\n"), ("new/2.b", b"b\n"), ("cur/3.c:2,", b"c\n")]);
+        let mailbox = Mailbox::open(dir.path()).unwrap();
+        // Another program marks message 1 seen and deletes message 3 itself.
+        fs::rename(dir.path().join("new/1.a"), dir.path().join("cur/1.a:2,S")).unwrap();
+        fs::remove_file(dir.path().join("cur/3.c:2,")).unwrap();
+        let removal = mailbox.remove(&[0, 2]);
+        assert_eq!(removal, Removal { removed: 2, failed: vec![] });
+        assert!(!dir.path().join("cur/1.a:2,S").exists());
+        assert!(dir.path().join("new/2.b").exists());
+    }
+
+    #[test]
+    fn open_message_follows_a_rename() {
+        let dir = maildir_with(&[("new/1.a", b"hello\n")]);
+        let mailbox = Mailbox::open(dir.path()).unwrap();
+        fs::rename(dir.path().join("new/1.a"), dir.path().join("cur/1.a:2,S")).unwrap();
+        let mut text = String::new();
+        open_message(mailbox.dir(), &mailbox.messages()[0]).unwrap().read_to_string(&mut text).unwrap();
+        assert_eq!(text, "hello\n");
+    }
+}

@@ -1,0 +1,10 @@
+//! Maildir storage: where a user's mailbox is, opening it for a session, delivery.
+
+pub mod deliver;
+pub mod lock;
+pub mod mailbox;
+pub mod uidl;
+pub mod user_path;
+
+pub use mailbox::{Mailbox, Message, OpenError, Removal};
+pub use user_path::{MailRoot, is_valid_user_name};
