@@ -32,8 +32,8 @@ pub fn prepare() -> anyhow::Result<PathBuf> {
     Ok(target)
 }
 
-/// Copy a tree, making directories 0700 and files 0600.
-fn copy_private(from: &Path, to: &Path) -> io::Result<()> {
+/// Copy a tree, making directories 0700 and files 0600 (also used by the tests).
+pub fn copy_private(from: &Path, to: &Path) -> io::Result<()> {
     fs::create_dir_all(to)?;
     fs::set_permissions(to, fs::Permissions::from_mode(0o700))?;
     for entry in fs::read_dir(from)? {

@@ -1,0 +1,265 @@
+//! Shared test harness: a real apopd on an ephemeral loopback port, serving a private copy
+//! of the demo fixtures, and a small line-oriented POP3 client.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::io::{BufRead, BufReader as StdBufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use apopd::config::Config;
+use apopd::server::Server;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+/// Where the demo fixtures are.
+pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/demo");
+
+/// Demo credentials.
+pub const ALICE_PASSWORD: &str = "wonderland";
+pub const ALICE_APOP_SECRET: &str = "tanstaaf";
+pub const BOB_PASSWORD: &str = "builder";
+
+/// A copy of the demo in a temp dir, with a config listening on 127.0.0.1:0.
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+}
+
+impl Fixture {
+    /// Copy the demo; `extra` is appended to the generated config (keys not set below).
+    pub fn new(extra: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        apopd::demo::copy_private(Path::new(FIXTURES), dir.path()).expect("copy fixtures");
+        let config_path = dir.path().join("test.toml");
+        let config = format!(
+            "listen = [\"127.0.0.1:0\"]\nmail_root = \"mail/{{user}}\"\nusers_file = \"users\"\n\
+             apop_secrets_file = \"apop-secrets\"\nauth_failure_delay_ms = 0\n{extra}\n"
+        );
+        std::fs::write(&config_path, config).expect("write config");
+        Fixture { dir, config_path }
+    }
+
+    /// The maildir of `user` in this copy.
+    pub fn maildir(&self, user: &str) -> PathBuf {
+        self.dir.path().join("mail").join(user)
+    }
+
+    /// Every message file of `user` (cur/ and new/), sorted by file name.
+    pub fn message_files(&self, user: &str) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = ["cur", "new"]
+            .iter()
+            .flat_map(|sub| std::fs::read_dir(self.maildir(user).join(sub)).expect("read maildir"))
+            .map(|e| e.expect("entry").path())
+            .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+            .collect();
+        files.sort_by_key(|p| p.file_name().unwrap().to_owned());
+        files
+    }
+
+    pub fn config(&self) -> Config {
+        Config::load(&self.config_path).expect("load config")
+    }
+}
+
+/// An in-process server; dropped, it stops accepting.
+pub struct TestServer {
+    pub fixture: Fixture,
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl TestServer {
+    /// Start on the demo copy with default test settings.
+    pub async fn start() -> Self {
+        Self::start_with("").await
+    }
+
+    /// Start with `extra` config lines.
+    pub async fn start_with(extra: &str) -> Self {
+        Self::start_on(Fixture::new(extra)).await
+    }
+
+    pub async fn start_on(fixture: Fixture) -> Self {
+        let server = Server::bind(fixture.config()).await.expect("bind");
+        let addr = server.local_addrs()[0];
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(server.run(async move {
+            let _ = stopped.await;
+        }));
+        TestServer { fixture, addr, stop: Some(stop) }
+    }
+
+    pub async fn connect(&self) -> Client {
+        Client::connect(self.addr).await
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A POP3 client speaking raw lines, for asserting exact server behaviour.
+pub struct Client {
+    reader: BufReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+    /// The greeting line, CRLF removed.
+    pub greeting: String,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let (r, writer) = stream.into_split();
+        let mut client = Client { reader: BufReader::new(r), writer, greeting: String::new() };
+        client.greeting = client.line().await;
+        assert!(client.greeting.starts_with("+OK "), "greeting: {}", client.greeting);
+        client
+    }
+
+    /// The `<…>` timestamp of the greeting.
+    pub fn timestamp(&self) -> String {
+        let start = self.greeting.find('<').expect("timestamp");
+        let end = self.greeting.rfind('>').expect("timestamp");
+        self.greeting[start..=end].to_owned()
+    }
+
+    /// Send raw bytes as they are.
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).await.expect("write");
+    }
+
+    /// Send `line` with CRLF.
+    pub async fn send(&mut self, line: &str) {
+        self.send_raw(format!("{line}\r\n").as_bytes()).await;
+    }
+
+    /// Read one line; panics on EOF. CRLF removed; the line must have ended in CRLF.
+    pub async fn line(&mut self) -> String {
+        let mut buf = Vec::new();
+        let n = tokio::time::timeout(std::time::Duration::from_secs(30), self.reader.read_until(b'\n', &mut buf))
+            .await
+            .expect("reply within 30 s")
+            .expect("read");
+        assert!(n > 0, "connection closed while waiting for a line");
+        assert!(buf.ends_with(b"\r\n"), "line not ending in CRLF: {buf:?}");
+        buf.truncate(buf.len() - 2);
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    /// Send a command, return the status line.
+    pub async fn cmd(&mut self, line: &str) -> String {
+        self.send(line).await;
+        self.line().await
+    }
+
+    /// Read the rest of a multi-line response as raw bytes (dot-unstuffed, terminator removed).
+    pub async fn body(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        loop {
+            let mut buf = Vec::new();
+            let n = self.reader.read_until(b'\n', &mut buf).await.expect("read");
+            assert!(n > 0, "connection closed inside a multi-line response");
+            assert!(buf.ends_with(b"\r\n"), "line not ending in CRLF: {buf:?}");
+            if buf == b".\r\n" {
+                return out;
+            }
+            out.extend_from_slice(buf.strip_prefix(b".").unwrap_or(&buf));
+        }
+    }
+
+    /// Read the rest of a multi-line response as text lines.
+    pub async fn lines(&mut self) -> Vec<String> {
+        let body = self.body().await;
+        String::from_utf8_lossy(&body).split("\r\n").filter(|l| !l.is_empty()).map(str::to_owned).collect()
+    }
+
+    /// Send a multi-line command; assert +OK; return the status line and the lines.
+    pub async fn multi(&mut self, line: &str) -> (String, Vec<String>) {
+        let status = self.cmd(line).await;
+        assert!(status.starts_with("+OK"), "{line}: {status}");
+        (status, self.lines().await)
+    }
+
+    /// USER/PASS; returns PASS's status line.
+    pub async fn login(&mut self, user: &str, password: &str) -> String {
+        let reply = self.cmd(&format!("USER {user}")).await;
+        if !reply.starts_with("+OK") {
+            return reply;
+        }
+        self.cmd(&format!("PASS {password}")).await
+    }
+
+    /// APOP with the digest of this greeting's timestamp; returns the status line.
+    pub async fn apop(&mut self, user: &str, secret: &str) -> String {
+        let digest = apopd::auth::apop::digest(&self.timestamp(), secret.as_bytes());
+        self.cmd(&format!("APOP {user} {digest}")).await
+    }
+
+    /// True when the server has closed the connection (reads EOF within 10 s).
+    pub async fn closed(&mut self) -> bool {
+        let mut rest = Vec::new();
+        matches!(
+            tokio::time::timeout(std::time::Duration::from_secs(10), self.reader.read_to_end(&mut rest)).await,
+            Ok(Ok(0))
+        )
+    }
+}
+
+/// A message file as POP3 must deliver it: bare LF → CRLF, a final line ending added.
+pub fn crlf(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 16);
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'\n' && (i == 0 || bytes[i - 1] != b'\r') {
+            out.push(b'\r');
+        }
+        out.push(b);
+    }
+    if !out.is_empty() && !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// A separate `apopd serve` process on `config`; killed on drop.
+pub struct ServerProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl ServerProcess {
+    pub fn spawn(config: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_apopd"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn apopd");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = StdBufReader::new(stderr).lines();
+        let addr = loop {
+            let line = lines.next().expect("apopd exited before listening").expect("read stderr");
+            if let Some(addr) = line.strip_prefix("apopd: POP3 on ") {
+                break addr.parse().expect("address");
+            }
+        };
+        // Keep draining stderr so the child never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        ServerProcess { child, addr }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
