@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use apopd::auth::users::{self, Entries};
 use apopd::auth::{apop, password};
 use apopd::config::Config;
-use apopd::server::Server;
+use apopd::server::{Kind, Server, reload_tls_on_hangup};
 use apopd::{demo, store};
 
 /// The config file used by `user` and `deliver` when no --config is given.
@@ -132,9 +132,13 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
         let server = Server::bind(config).await?;
-        for addr in server.local_addrs() {
-            eprintln!("apopd: POP3 on {addr}");
+        for (addr, kind) in server.local_addrs() {
+            match kind {
+                Kind::Plain => eprintln!("apopd: POP3 on {addr}"),
+                Kind::Tls => eprintln!("apopd: POP3S on {addr}"),
+            }
         }
+        tokio::spawn(reload_tls_on_hangup(server.shared()));
         server.run(shutdown_signal()).await;
         Ok(ExitCode::SUCCESS)
     })

@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::sasl::Mechanism;
 use crate::store::MailRoot;
 
 /// RFC 1939 §3: an inactivity autologout timer must be at least 10 minutes.
@@ -20,6 +21,15 @@ pub struct Config {
     /// Plain POP3 listeners.
     #[serde(default = "default_listen")]
     pub listen: Vec<SocketAddr>,
+    /// Implicit-TLS (POP3S, RFC 8314) listeners; need `tls_cert` and `tls_key`.
+    #[serde(default)]
+    pub listen_tls: Vec<SocketAddr>,
+    /// PEM certificate chain (leaf first) for STLS and POP3S.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) matching `tls_cert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
     /// Each user's maildir, `{user}` standing for the user name.
     pub mail_root: String,
     /// `name:argon2-PHC-string` lines.
@@ -40,6 +50,10 @@ pub struct Config {
     /// Networks where USER/PASS is allowed without TLS (loopback always is).
     #[serde(default)]
     pub plaintext_auth_networks: Vec<IpNet>,
+    /// SASL mechanisms offered by AUTH. CRAM-MD5 and SCRAM-SHA-256 check the APOP secret, and
+    /// clients such as curl and fetchmail pick them over PLAIN when offered, so they are opt-in.
+    #[serde(default = "default_sasl_mechanisms")]
+    pub sasl_mechanisms: Vec<Mechanism>,
     /// Minimum seconds between two logins of one user; advertised as LOGIN-DELAY.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub login_delay_secs: Option<u64>,
@@ -53,6 +67,9 @@ fn default_listen() -> Vec<SocketAddr> {
 }
 fn default_users_file() -> PathBuf {
     PathBuf::from("/etc/apopd/users")
+}
+fn default_sasl_mechanisms() -> Vec<Mechanism> {
+    vec![Mechanism::Plain, Mechanism::Login]
 }
 fn default_hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -85,7 +102,9 @@ impl Config {
     fn resolve_paths(&mut self, base: &Path) {
         // `join` keeps an absolute path as it is.
         self.users_file = base.join(&self.users_file);
-        self.apop_secrets_file = self.apop_secrets_file.as_deref().map(|p| base.join(p));
+        for path in [&mut self.apop_secrets_file, &mut self.tls_cert, &mut self.tls_key] {
+            *path = path.as_deref().map(|p| base.join(p));
+        }
         if Path::new(&self.mail_root).is_relative() {
             self.mail_root = base.join(&self.mail_root).to_string_lossy().into_owned();
         }
@@ -93,8 +112,14 @@ impl Config {
 
     /// Check every key; the error names the key and the problem.
     pub fn validate(&self) -> anyhow::Result<()> {
-        if self.listen.is_empty() {
-            bail!("listen: give at least one ADDR:PORT");
+        if self.listen.is_empty() && self.listen_tls.is_empty() {
+            bail!("listen: give at least one ADDR:PORT (in listen or listen_tls)");
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => bail!("tls_key: tls_cert is set, so tls_key must be too"),
+            (None, Some(_)) => bail!("tls_cert: tls_key is set, so tls_cert must be too"),
+            (None, None) if !self.listen_tls.is_empty() => bail!("listen_tls: needs tls_cert and tls_key"),
+            _ => {}
         }
         MailRoot::new(&self.mail_root).context("mail_root")?;
         if self.idle_timeout_secs < MIN_IDLE_TIMEOUT_SECS {
@@ -102,6 +127,11 @@ impl Config {
                 "idle_timeout_secs: {} is below RFC 1939's minimum of {MIN_IDLE_TIMEOUT_SECS}",
                 self.idle_timeout_secs
             );
+        }
+        if let Some(m) = self.sasl_mechanisms.iter().find(|m| m.needs_secret())
+            && self.apop_secrets_file.is_none()
+        {
+            bail!("sasl_mechanisms: {} needs apop_secrets_file (it checks the APOP secret)", m.name());
         }
         if self.max_connections == 0 {
             bail!("max_connections: must be at least 1");
@@ -162,6 +192,27 @@ mod tests {
         assert!(err("mail_root = \"/m/{user}\"\nlisten = [\"nonsense\"]").contains("listen"));
         assert!(err("mail_root = \"/m/{user}\"\nlisten_typo = []").contains("listen_typo"));
         assert!(err("users_file = \"x\"").contains("mail_root"));
+    }
+
+    #[test]
+    fn tls_keys_go_together() {
+        let err = |text: &str| format!("{:#}", parse(text).unwrap_err());
+        assert!(err("mail_root = \"/m/{user}\"\ntls_cert = \"c.pem\"").contains("tls_key"));
+        assert!(err("mail_root = \"/m/{user}\"\nlisten_tls = [\"127.0.0.1:995\"]").contains("listen_tls"));
+        let c = parse("mail_root = \"/m/{user}\"\ntls_cert = \"c.pem\"\ntls_key = \"/k.pem\"").unwrap();
+        assert!(c.tls_cert.unwrap().is_absolute());
+        assert_eq!(c.tls_key.unwrap(), PathBuf::from("/k.pem"));
+    }
+
+    #[test]
+    fn sasl_mechanisms_are_checked() {
+        let c = parse("mail_root = \"/m/{user}\"").unwrap();
+        assert_eq!(c.sasl_mechanisms, vec![Mechanism::Plain, Mechanism::Login]);
+        let err = |text: &str| format!("{:#}", parse(text).unwrap_err());
+        assert!(err("mail_root = \"/m/{user}\"\nsasl_mechanisms = [\"CRAM-MD5\"]").contains("apop_secrets_file"));
+        assert!(err("mail_root = \"/m/{user}\"\nsasl_mechanisms = [\"GSSAPI\"]").contains("sasl_mechanisms"));
+        let c = parse("mail_root = \"/m/{user}\"\napop_secrets_file = \"s\"\nsasl_mechanisms = [\"SCRAM-SHA-256\"]");
+        assert_eq!(c.unwrap().sasl_mechanisms, vec![Mechanism::ScramSha256]);
     }
 
     #[test]

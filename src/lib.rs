@@ -10,3 +10,4 @@ pub mod protocol;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod tls;

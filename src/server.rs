@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::protocol::response;
 use crate::session;
 use crate::store::MailRoot;
+use crate::tls::Tls;
 
 /// State shared by all sessions of one server.
 #[derive(Debug)]
@@ -28,6 +29,8 @@ pub struct Shared {
     pub timestamps: TimestampMaker,
     /// Where mailboxes are.
     pub mail_root: MailRoot,
+    /// Certificate and key, when TLS is configured.
+    pub tls: Option<Tls>,
     /// When each user last logged in, for LOGIN-DELAY.
     last_login: Mutex<HashMap<String, Instant>>,
 }
@@ -36,7 +39,12 @@ impl Shared {
     /// Build from a validated config: loads the users files.
     pub fn new(config: Config) -> anyhow::Result<Self> {
         let auth = Authenticator::load(&config.users_file, config.apop_secrets_file.as_deref())?;
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(Tls::load(cert, key)?),
+            _ => None,
+        };
         Ok(Shared {
+            tls,
             timestamps: TimestampMaker::new(&config.hostname),
             mail_root: config.mail_root()?,
             auth,
@@ -60,38 +68,55 @@ impl Shared {
     }
 }
 
+/// Whether a listener speaks TLS from the first byte (POP3S).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Plain POP3, with STLS when a certificate is configured.
+    Plain,
+    /// Implicit TLS (RFC 8314).
+    Tls,
+}
+
 /// Bound listeners, ready to serve.
 pub struct Server {
-    listeners: Vec<TcpListener>,
+    listeners: Vec<(TcpListener, Kind)>,
     shared: Arc<Shared>,
 }
 
 impl Server {
-    /// Load the users and bind every `listen` address.
+    /// Load users and certificates, then bind every `listen` and `listen_tls` address.
     pub async fn bind(config: Config) -> anyhow::Result<Server> {
-        let mut listeners = Vec::new();
-        for addr in &config.listen {
-            let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
-            listeners.push(listener);
-        }
         let shared = Arc::new(Shared::new(config)?);
+        let config = &shared.config;
+        let wanted =
+            config.listen.iter().map(|a| (a, Kind::Plain)).chain(config.listen_tls.iter().map(|a| (a, Kind::Tls)));
+        let mut listeners = Vec::new();
+        for (addr, kind) in wanted {
+            let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+            listeners.push((listener, kind));
+        }
         Ok(Server { listeners, shared })
     }
 
-    /// The addresses actually bound (useful with port 0).
-    pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
+    /// The addresses actually bound (useful with port 0), with their kind.
+    pub fn local_addrs(&self) -> Vec<(SocketAddr, Kind)> {
+        self.listeners.iter().filter_map(|(l, kind)| Some((l.local_addr().ok()?, *kind))).collect()
+    }
+
+    /// What every session shares (for reloads).
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
     }
 
     /// Accept and serve connections until `shutdown` completes.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let limit = Arc::new(Semaphore::new(self.shared.config.max_connections));
         let mut accepting = tokio::task::JoinSet::new();
-        for listener in self.listeners {
+        for (listener, kind) in self.listeners {
             if let Ok(addr) = listener.local_addr() {
-                tracing::info!(%addr, "listening");
+                tracing::info!(%addr, ?kind, "listening");
             }
-            accepting.spawn(accept_loop(listener, self.shared.clone(), limit.clone()));
+            accepting.spawn(accept_loop(listener, kind, self.shared.clone(), limit.clone()));
         }
         shutdown.await;
         tracing::info!("shutting down: no new connections");
@@ -99,7 +124,23 @@ impl Server {
     }
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, limit: Arc<Semaphore>) {
+/// Re-read the TLS certificate and key on every SIGHUP; sessions already open keep theirs.
+pub async fn reload_tls_on_hangup(shared: Arc<Shared>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Some(tls) = shared.tls.as_ref() else { return };
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(e) => return tracing::error!("cannot watch SIGHUP: {e}"),
+    };
+    while hangups.recv().await.is_some() {
+        match tls.reload() {
+            Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+            Err(e) => tracing::error!("SIGHUP: keeping the old TLS certificate: {e:#}"),
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, kind: Kind, shared: Arc<Shared>, limit: Arc<Semaphore>) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -111,23 +152,45 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, limit: Arc<Sema
             }
         };
         let _ = stream.set_nodelay(true);
-        match limit.clone().try_acquire_owned() {
-            Ok(permit) => {
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    session::serve(stream, peer, shared).await;
-                    drop(permit);
-                });
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "connection limit reached; refusing");
+            tokio::spawn(refuse(stream, kind, shared.clone()));
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            match (kind, shared.tls.as_ref()) {
+                (Kind::Tls, Some(tls)) => {
+                    let handshake = tokio::time::timeout(session::HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream));
+                    match handshake.await {
+                        Ok(Ok(stream)) => session::serve(stream, peer, shared, true).await,
+                        Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                    }
+                }
+                _ => session::serve(stream, peer, shared, false).await,
             }
-            Err(_) => {
-                tracing::warn!(%peer, "connection limit reached; refusing");
-                tokio::spawn(refuse(stream));
-            }
-        }
+            drop(permit);
+        });
     }
 }
 
-async fn refuse(mut stream: TcpStream) {
+/// Answer `-ERR [SYS/TEMP]` and close (over TLS on a POP3S listener, or the client sees garbage).
+async fn refuse(stream: TcpStream, kind: Kind, shared: Arc<Shared>) {
     let reply = response::err("[SYS/TEMP] too many connections; try again later");
-    let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(&reply)).await;
+    let work = async {
+        match (kind, shared.tls.as_ref()) {
+            (Kind::Tls, Some(tls)) => {
+                let mut stream = tls.acceptor().accept(stream).await?;
+                stream.write_all(&reply).await?;
+                stream.shutdown().await
+            }
+            _ => {
+                let mut stream = stream;
+                stream.write_all(&reply).await?;
+                stream.shutdown().await
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), work).await;
 }

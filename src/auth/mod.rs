@@ -2,6 +2,7 @@
 
 pub mod apop;
 pub mod password;
+pub mod sasl;
 pub mod users;
 
 use std::path::{Path, PathBuf};
@@ -113,5 +114,11 @@ impl Authenticator {
                 false
             }
         }
+    }
+}
+
+impl sasl::Secrets for Authenticator {
+    fn secret_of(&self, user: &str) -> Option<String> {
+        self.table().secrets.get(user).cloned()
     }
 }

@@ -36,6 +36,10 @@ pub enum Command {
     Uidl(Option<u64>),
     /// `CAPA` (RFC 2449)
     Capa,
+    /// `STLS` (RFC 2595)
+    Stls,
+    /// `AUTH [mechanism [initial-response]]` (RFC 5034)
+    Auth { mechanism: Option<String>, initial: Option<String> },
 }
 
 // Hand-written so a password never reaches a log line through `{:?}`.
@@ -55,6 +59,10 @@ impl fmt::Debug for Command {
             Command::Top { msg, lines } => write!(f, "Top({msg}, {lines})"),
             Command::Uidl(m) => write!(f, "Uidl({m:?})"),
             Command::Capa => f.write_str("Capa"),
+            Command::Stls => f.write_str("Stls"),
+            Command::Auth { mechanism, initial } => {
+                write!(f, "Auth({mechanism:?}{})", if initial.is_some() { ", <initial response>" } else { "" })
+            }
         }
     }
 }
@@ -113,6 +121,16 @@ pub fn parse(line: &[u8]) -> Result<Command, ParseError> {
         b"NOOP" => args.none(Command::Noop, "NOOP takes no arguments")?,
         b"RSET" => args.none(Command::Rset, "RSET takes no arguments")?,
         b"CAPA" => args.none(Command::Capa, "CAPA takes no arguments")?,
+        b"STLS" => args.none(Command::Stls, "STLS takes no arguments")?,
+        b"AUTH" => match args.as_slice() {
+            [] => Command::Auth { mechanism: None, initial: None },
+            [mechanism] => Command::Auth { mechanism: Some(text(mechanism, "bad mechanism name")?), initial: None },
+            [mechanism, initial] => Command::Auth {
+                mechanism: Some(text(mechanism, "bad mechanism name")?),
+                initial: Some(text(initial, "bad initial response")?),
+            },
+            _ => return Err(ParseError::BadArguments("AUTH takes a mechanism and an optional initial response")),
+        },
         b"LIST" => Command::List(args.optional_number()?),
         b"UIDL" => Command::Uidl(args.optional_number()?),
         b"RETR" => Command::Retr(args.one_number("RETR needs a message number")?),
@@ -241,6 +259,19 @@ mod tests {
     fn user_names_must_be_printable() {
         assert!(parse(b"USER a\x01b").is_err());
         assert_eq!(parse(b"USER ../../etc"), Ok(Command::User("../../etc".into())));
+    }
+
+    #[test]
+    fn stls_and_auth() {
+        assert_eq!(parse(b"stls"), Ok(Command::Stls));
+        assert_eq!(parse(b"AUTH"), Ok(Command::Auth { mechanism: None, initial: None }));
+        assert_eq!(parse(b"AUTH plain"), Ok(Command::Auth { mechanism: Some("plain".into()), initial: None }));
+        assert_eq!(
+            parse(b"AUTH PLAIN AGJvYgBidWlsZGVy"),
+            Ok(Command::Auth { mechanism: Some("PLAIN".into()), initial: Some("AGJvYgBidWlsZGVy".into()) })
+        );
+        assert!(parse(b"AUTH A B C").is_err());
+        assert!(!format!("{:?}", parse(b"AUTH PLAIN AGJvYgBidWlsZGVy").unwrap()).contains("AGJv"));
     }
 
     #[test]

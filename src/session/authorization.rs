@@ -4,28 +4,42 @@ use std::time::{Duration, Instant};
 
 use super::transaction::Transaction;
 use super::{Context, Outcome};
+use crate::auth::sasl::{self, Exchange, Mechanism, Step};
 use crate::protocol::Command;
-use crate::protocol::response::{err, ok};
+use crate::protocol::response::{err, multi_line, ok};
 use crate::store::{Mailbox, OpenError};
 
 /// The one answer to every failed login: unknown user and wrong password look the same.
 const AUTH_FAILED: &str = "[AUTH] invalid user name or password";
 
-/// AUTHORIZATION state: the name given by USER, if any.
+/// Refusal of USER/PASS, AUTH PLAIN and AUTH LOGIN without TLS from an untrusted network.
+const PLAINTEXT_REFUSED: &str =
+    "[AUTH] plaintext passwords are not accepted on this unencrypted connection; use STLS, APOP or CRAM-MD5";
+
+/// AUTHORIZATION state: the name given by USER, or a SASL exchange in progress.
 #[derive(Debug, Default)]
 pub struct Authorization {
     user: Option<String>,
+    sasl: Option<(Mechanism, Exchange)>,
 }
 
 impl Authorization {
+    /// True while an AUTH exchange waits for the client's next response.
+    pub fn in_sasl(&self) -> bool {
+        self.sasl.is_some()
+    }
+
+    /// Forget an AUTH exchange (its response line was unreadable).
+    pub fn abandon_sasl(&mut self) {
+        self.sasl = None;
+    }
+
     /// Handle one command in AUTHORIZATION.
     pub async fn handle(&mut self, command: Command, cx: &Context) -> Outcome {
         match command {
             Command::User(name) => {
-                if !cx.plaintext_allowed {
-                    return Outcome::Reply(err(
-                        "[AUTH] plaintext login is not allowed on this unencrypted connection; use APOP",
-                    ));
+                if !cx.plaintext_allowed() {
+                    return Outcome::Reply(err(PLAINTEXT_REFUSED));
                 }
                 self.user = Some(name);
                 Outcome::Reply(ok("send PASS"))
@@ -42,8 +56,73 @@ impl Authorization {
                 let accepted = cx.shared.auth.check_apop(&name, &cx.timestamp, &digest);
                 login(cx, name, accepted, "APOP").await
             }
+            Command::Stls if cx.secure => Outcome::Reply(err("already using TLS")),
+            Command::Stls if cx.stls_available() => {
+                self.user = None;
+                Outcome::StartTls(ok("begin TLS negotiation"))
+            }
+            Command::Stls => Outcome::Reply(err("STLS is not available: no certificate is configured")),
+            Command::Auth { mechanism: None, .. } => {
+                let names = cx.mechanisms().into_iter().map(Mechanism::name);
+                Outcome::Reply(multi_line("SASL mechanisms follow", names))
+            }
+            Command::Auth { mechanism: Some(name), initial } => self.start_sasl(&name, initial, cx).await,
             Command::Quit => Outcome::Close(ok("apopd signing off")),
-            _ => Outcome::Reply(err("not logged in yet: use USER/PASS or APOP first")),
+            _ => Outcome::Reply(err("not logged in yet: use USER/PASS, APOP or AUTH first")),
+        }
+    }
+
+    async fn start_sasl(&mut self, name: &str, initial: Option<String>, cx: &Context) -> Outcome {
+        self.user = None;
+        let Some(mechanism) = Mechanism::from_name(name).filter(|m| cx.mechanisms().contains(m)) else {
+            if Mechanism::from_name(name).is_some_and(Mechanism::sends_password) {
+                return Outcome::Reply(err(PLAINTEXT_REFUSED));
+            }
+            return Outcome::Reply(err("unsupported SASL mechanism; AUTH alone lists them"));
+        };
+        let initial = match initial.as_deref().map(|i| sasl::decode_response(i.as_bytes())) {
+            None => None,
+            Some(Some(decoded)) => Some(decoded),
+            Some(None) => return Outcome::Reply(err("initial response is not valid base64")),
+        };
+        let (exchange, step) = Exchange::start(mechanism, initial, cx.shared.timestamps.next(), &cx.shared.auth);
+        self.sasl = Some((mechanism, exchange));
+        self.after_step(step, cx).await
+    }
+
+    /// Feed one client line to the running AUTH exchange.
+    pub async fn continue_sasl(&mut self, line: &[u8], cx: &Context) -> Outcome {
+        if line == b"*" {
+            self.sasl = None;
+            return Outcome::Reply(err("authentication cancelled"));
+        }
+        let Some(response) = sasl::decode_response(line) else {
+            self.sasl = None;
+            return Outcome::Reply(err("response is not valid base64; authentication aborted"));
+        };
+        let Some((_, exchange)) = self.sasl.as_mut() else {
+            return Outcome::Reply(err("no authentication in progress"));
+        };
+        let step = exchange.step(&response, &cx.shared.auth);
+        self.after_step(step, cx).await
+    }
+
+    async fn after_step(&mut self, step: Step, cx: &Context) -> Outcome {
+        let method = self.sasl.as_ref().map_or("AUTH", |(m, _)| m.name());
+        if !matches!(step, Step::Challenge(_)) {
+            self.sasl = None; // the exchange is over, whatever its result
+        }
+        match step {
+            Step::Challenge(challenge) => {
+                Outcome::Reply(format!("+ {}\r\n", sasl::encode_challenge(&challenge)).into_bytes())
+            }
+            Step::CheckPassword { user, password } => {
+                let accepted = cx.shared.auth.check_password(&user, password).await;
+                login(cx, user, accepted, method).await
+            }
+            Step::Authenticated { user } => login(cx, user, true, method).await,
+            Step::Failed { user } => login(cx, user.unwrap_or_default(), false, method).await,
+            Step::Malformed(why) => Outcome::Reply(err(why)),
         }
     }
 }

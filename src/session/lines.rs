@@ -10,14 +10,14 @@ pub const MAX_COMMAND_LINE: usize = 255;
 pub enum Line {
     /// A line, its CRLF or LF removed.
     Complete(Vec<u8>),
-    /// A line longer than [`MAX_COMMAND_LINE`]; it was read to its end and discarded.
+    /// A line longer than the limit; it was read to its end and discarded.
     TooLong,
     /// The client closed the connection (a partial last line is dropped).
     Eof,
 }
 
-/// Read the next line from `reader`, never buffering more than [`MAX_COMMAND_LINE`] bytes.
-pub async fn next_line<R: AsyncBufRead + Unpin>(reader: &mut R) -> std::io::Result<Line> {
+/// Read the next line from `reader`, never buffering more than `max` bytes (CRLF included).
+pub async fn next_line<R: AsyncBufRead + Unpin>(reader: &mut R, max: usize) -> std::io::Result<Line> {
     let mut line = Vec::new();
     let mut too_long = false;
     loop {
@@ -29,7 +29,7 @@ pub async fn next_line<R: AsyncBufRead + Unpin>(reader: &mut R) -> std::io::Resu
             Some(i) => (&available[..i + 1], true),
             None => (available, false),
         };
-        if !too_long && line.len() + chunk.len() > MAX_COMMAND_LINE {
+        if !too_long && line.len() + chunk.len() > max {
             too_long = true;
             line = Vec::new();
         }
@@ -62,7 +62,7 @@ mod tests {
         let mut reader = BufReader::with_capacity(chunk, input);
         let mut out = Vec::new();
         loop {
-            let line = next_line(&mut reader).await.unwrap();
+            let line = next_line(&mut reader, MAX_COMMAND_LINE).await.unwrap();
             let eof = line == Line::Eof;
             out.push(line);
             if eof {

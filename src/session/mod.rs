@@ -1,7 +1,9 @@
 //! One POP3 session: the AUTHORIZATION → TRANSACTION → UPDATE state machine over any stream.
 //!
 //! Handlers in [`authorization`] and [`transaction`] return an [`Outcome`]; [`Session::run`]
-//! performs it, and its one `match` is where every state transition happens.
+//! performs it, and its one `match` is where every state transition happens. STLS ends a
+//! run with [`End::StartTls`]; [`serve`] then does the handshake and runs the same session
+//! state again over TLS.
 
 mod authorization;
 pub mod lines;
@@ -14,6 +16,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tracing::Instrument;
 
+use crate::auth::sasl::{self, Mechanism};
 use crate::protocol::response::{self, BodyEncoder};
 use crate::protocol::{Command, command};
 use crate::server::Shared;
@@ -24,6 +27,10 @@ use transaction::Transaction;
 const MAX_ERRORS_IN_A_ROW: u32 = 20;
 /// RETR/TOP read and write unit.
 const STREAM_CHUNK: usize = 64 * 1024;
+/// Longest a TLS handshake may take.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest we wait to deliver the last reply and close_notify.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a command handler asks the session loop to do.
 enum Outcome {
@@ -35,8 +42,19 @@ enum Outcome {
     Enter(Box<Transaction>, Vec<u8>),
     /// Send this and close without touching the mailbox.
     Close(Vec<u8>),
+    /// Send this, then start the TLS handshake (STLS).
+    StartTls(Vec<u8>),
     /// QUIT in TRANSACTION: enter UPDATE.
     Update,
+}
+
+/// How a run over one stream ended.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    /// The session is over.
+    Closed,
+    /// STLS accepted: hand the stream to TLS and go on.
+    StartTls,
 }
 
 enum State {
@@ -50,100 +68,200 @@ struct Context {
     peer: SocketAddr,
     /// The APOP timestamp sent in the greeting.
     timestamp: String,
-    /// USER/PASS may be used on this connection.
-    plaintext_allowed: bool,
+    /// The connection is encrypted.
+    secure: bool,
 }
 
-/// Serve one POP3 client on `stream` until it quits, drops or times out.
-pub async fn serve<S>(stream: S, peer: SocketAddr, shared: Arc<Shared>)
+impl Context {
+    /// USER/PASS, AUTH PLAIN and AUTH LOGIN may be used on this connection.
+    fn plaintext_allowed(&self) -> bool {
+        self.secure || self.shared.config.plaintext_allowed_from(self.peer.ip())
+    }
+
+    /// STLS is possible: TLS is configured and not in use yet.
+    fn stls_available(&self) -> bool {
+        !self.secure && self.shared.tls.is_some()
+    }
+
+    /// The configured SASL mechanisms usable on this connection, in CAPA order.
+    fn mechanisms(&self) -> Vec<Mechanism> {
+        let configured = &self.shared.config.sasl_mechanisms;
+        Mechanism::ALL
+            .into_iter()
+            .filter(|m| configured.contains(m) && (!m.sends_password() || self.plaintext_allowed()))
+            .collect()
+    }
+}
+
+/// Everything about a session except its stream, so it survives the STLS upgrade.
+struct Core {
+    context: Context,
+    state: State,
+    errors_in_a_row: u32,
+}
+
+/// Serve one POP3 client on `stream` (already TLS when `secure`) until it quits, drops or times out.
+pub async fn serve<S>(stream: S, peer: SocketAddr, shared: Arc<Shared>, secure: bool)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let span = tracing::info_span!("session", %peer, user = tracing::field::Empty);
+    let span = tracing::info_span!("session", %peer, tls = secure, user = tracing::field::Empty);
     async move {
-        let context = Context {
-            plaintext_allowed: shared.config.plaintext_allowed_from(peer.ip()),
-            timestamp: shared.timestamps.next(),
-            shared,
-            peer,
-        };
-        let (reader, writer) = tokio::io::split(stream);
-        let mut session = Session {
-            context,
-            state: State::Authorization(authorization::Authorization::default()),
-            reader: BufReader::new(reader),
-            writer: BufWriter::new(writer),
-            errors_in_a_row: 0,
-        };
-        match session.run().await {
-            Ok(()) => tracing::info!("session closed"),
-            Err(e) => tracing::info!(error = %e, "session ended"),
+        let context = Context { timestamp: shared.timestamps.next(), shared, peer, secure };
+        let core = Core { context, state: State::Authorization(Default::default()), errors_in_a_row: 0 };
+        let (result, core, stream) = run_on(core, stream, true).await;
+        match result {
+            Ok(End::StartTls) => start_tls(core, stream).await,
+            Ok(End::Closed) => {
+                tracing::info!("session closed");
+                close(stream).await;
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "session ended");
+                close(stream).await;
+            }
         }
     }
     .instrument(span)
     .await
 }
 
+/// STLS: handshake, then carry on in AUTHORIZATION over TLS (RFC 2595 §4).
+async fn start_tls<S: AsyncRead + AsyncWrite + Unpin>(mut core: Core, stream: S) {
+    let Some(tls) = core.context.shared.tls.as_ref() else { return };
+    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream)).await;
+    let stream = match handshake {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return tracing::info!(error = %e, "STLS handshake failed"),
+        Err(_) => return tracing::info!("STLS handshake timed out"),
+    };
+    tracing::info!("STLS: now encrypted");
+    core.context.secure = true;
+    // Nothing said before the handshake counts afterwards (a USER given before STLS is forgotten).
+    core.state = State::Authorization(Default::default());
+    let (result, _core, stream) = run_on(core, stream, false).await;
+    match result {
+        Ok(_) => tracing::info!("session closed"),
+        Err(e) => tracing::info!(error = %e, "session ended"),
+    }
+    close(stream).await;
+}
+
+/// Shut the stream down: for TLS this sends close_notify before the TCP FIN.
+async fn close<S: AsyncWrite + Unpin>(mut stream: S) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, stream.shutdown()).await;
+}
+
+/// Run the session over `stream` until it ends or asks for STLS; give the stream back.
+///
+/// The stream comes back without the read buffer: input pipelined after STLS is dropped
+/// here, so a command injected before the handshake never runs after it.
+async fn run_on<S: AsyncRead + AsyncWrite + Unpin>(
+    core: Core,
+    stream: S,
+    greet: bool,
+) -> (std::io::Result<End>, Core, S) {
+    let (reader, writer) = tokio::io::split(stream);
+    let mut session = Session { core, reader: BufReader::new(reader), writer: BufWriter::new(writer) };
+    let mut result = session.run(greet).await;
+    if result.is_ok() {
+        result = within(CLOSE_TIMEOUT, session.writer.flush()).await.and(result);
+    }
+    let Session { core, reader, writer } = session;
+    (result, core, reader.into_inner().unsplit(writer.into_inner()))
+}
+
 struct Session<R, W> {
-    context: Context,
-    state: State,
+    core: Core,
     reader: BufReader<R>,
     writer: BufWriter<W>,
-    errors_in_a_row: u32,
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
-    async fn run(&mut self) -> std::io::Result<()> {
-        let greeting = format!("apopd POP3 server ready {}", self.context.timestamp);
-        self.send(&response::ok(&greeting)).await?;
+    async fn run(&mut self, greet: bool) -> std::io::Result<End> {
+        if greet {
+            let greeting = format!("apopd POP3 server ready {}", self.core.context.timestamp);
+            self.send(&response::ok(&greeting)).await?;
+        }
         loop {
-            let timeout = self.context.shared.config.idle_timeout();
-            let line = match tokio::time::timeout(timeout, lines::next_line(&mut self.reader)).await {
+            let timeout = self.core.context.shared.config.idle_timeout();
+            let max = if self.in_sasl() { sasl::MAX_RESPONSE_LINE } else { lines::MAX_COMMAND_LINE };
+            let line = match tokio::time::timeout(timeout, lines::next_line(&mut self.reader, max)).await {
                 Ok(line) => line?,
                 Err(_) => {
                     tracing::info!("idle timeout; nothing deleted");
-                    let _ = self.send(&response::err("autologout: idle too long")).await;
-                    return Ok(());
+                    self.send(&response::err("autologout: idle too long")).await?;
+                    return Ok(End::Closed);
                 }
             };
             let outcome = match line {
                 Line::Eof => {
-                    if matches!(self.state, State::Transaction(_)) {
+                    if matches!(self.core.state, State::Transaction(_)) {
                         tracing::info!("connection dropped in TRANSACTION; nothing deleted");
                     }
-                    return Ok(());
+                    return Ok(End::Closed);
                 }
-                Line::TooLong => Outcome::Reply(response::err("line too long (RFC 2449 limit: 255 octets)")),
+                Line::TooLong => {
+                    self.abandon_sasl();
+                    Outcome::Reply(response::err(&format!("line too long (limit: {max} octets)")))
+                }
                 Line::Complete(line) => self.handle(&line).await,
             };
             match outcome {
                 Outcome::Reply(reply) => self.reply(reply).await?,
                 Outcome::Message { status, file, top } => {
-                    self.errors_in_a_row = 0;
+                    self.core.errors_in_a_row = 0;
                     self.writer.write_all(&status).await?;
                     self.stream_message(file, top).await?;
                 }
                 Outcome::Enter(transaction, reply) => {
-                    self.state = State::Transaction(transaction);
+                    self.core.state = State::Transaction(transaction);
                     self.reply(reply).await?;
                 }
-                Outcome::Close(reply) => return self.send(&reply).await,
+                Outcome::Close(reply) => {
+                    self.send(&reply).await?;
+                    return Ok(End::Closed);
+                }
+                Outcome::StartTls(reply) => {
+                    self.send(&reply).await?;
+                    within(CLOSE_TIMEOUT, self.writer.flush()).await?;
+                    return Ok(End::StartTls);
+                }
                 Outcome::Update => {
-                    let reply = match std::mem::replace(&mut self.state, State::Authorization(Default::default())) {
+                    let state = std::mem::replace(&mut self.core.state, State::Authorization(Default::default()));
+                    let reply = match state {
                         State::Transaction(transaction) => transaction.update().await,
                         State::Authorization(_) => response::ok("bye"),
                     };
-                    return self.send(&reply).await;
+                    self.send(&reply).await?;
+                    return Ok(End::Closed);
                 }
             }
-            if self.errors_in_a_row >= MAX_ERRORS_IN_A_ROW {
+            if self.core.errors_in_a_row >= MAX_ERRORS_IN_A_ROW {
                 tracing::warn!("too many errors in a row; closing");
-                return self.send(&response::err("too many errors, closing connection")).await;
+                self.send(&response::err("too many errors, closing connection")).await?;
+                return Ok(End::Closed);
             }
         }
     }
 
+    fn in_sasl(&self) -> bool {
+        matches!(&self.core.state, State::Authorization(auth) if auth.in_sasl())
+    }
+
+    fn abandon_sasl(&mut self) {
+        if let State::Authorization(auth) = &mut self.core.state {
+            auth.abandon_sasl();
+        }
+    }
+
     async fn handle(&mut self, line: &[u8]) -> Outcome {
+        let context = &self.core.context;
+        if let State::Authorization(auth) = &mut self.core.state
+            && auth.in_sasl()
+        {
+            return auth.continue_sasl(line, context).await;
+        }
         let command = match command::parse(line) {
             Ok(command) => command,
             Err(e) => {
@@ -155,21 +273,31 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
         if command == Command::Capa {
             return Outcome::Reply(self.capabilities());
         }
-        match &mut self.state {
-            State::Authorization(auth) => auth.handle(command, &self.context).await,
+        match &mut self.core.state {
+            State::Authorization(auth) => auth.handle(command, context).await,
             State::Transaction(transaction) => transaction.handle(command).await,
         }
     }
 
     /// CAPA: only what works on this connection in this state.
     fn capabilities(&self) -> Vec<u8> {
-        let config = &self.context.shared.config;
+        let context = &self.core.context;
+        let authorization = matches!(self.core.state, State::Authorization(_));
         let mut caps = vec!["TOP".to_owned(), "UIDL".to_owned()];
-        if self.context.plaintext_allowed && matches!(self.state, State::Authorization(_)) {
-            caps.push("USER".to_owned());
+        if authorization {
+            if context.plaintext_allowed() {
+                caps.push("USER".to_owned());
+            }
+            let mechanisms: Vec<&str> = context.mechanisms().into_iter().map(Mechanism::name).collect();
+            if !mechanisms.is_empty() {
+                caps.push(format!("SASL {}", mechanisms.join(" ")));
+            }
+            if context.stls_available() {
+                caps.push("STLS".to_owned());
+            }
         }
         caps.extend(["RESP-CODES", "AUTH-RESP-CODE", "PIPELINING", "EXPIRE NEVER"].map(String::from));
-        if let Some(delay) = config.login_delay_secs {
+        if let Some(delay) = context.shared.config.login_delay_secs {
             caps.push(format!("LOGIN-DELAY {delay}"));
         }
         caps.push(concat!("IMPLEMENTATION apopd-", env!("CARGO_PKG_VERSION")).to_owned());
@@ -178,16 +306,16 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
 
     async fn reply(&mut self, reply: Vec<u8>) -> std::io::Result<()> {
         if reply.starts_with(b"-ERR") {
-            self.errors_in_a_row += 1;
+            self.core.errors_in_a_row += 1;
         } else {
-            self.errors_in_a_row = 0;
+            self.core.errors_in_a_row = 0;
         }
         self.send(&reply).await
     }
 
     /// Queue `bytes`; flush unless more pipelined commands are already waiting.
     async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        let timeout = self.context.shared.config.idle_timeout();
+        let timeout = self.core.context.shared.config.idle_timeout();
         let write = async {
             self.writer.write_all(bytes).await?;
             if self.reader.buffer().is_empty() {
@@ -202,7 +330,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
         let mut encoder = BodyEncoder::new(top);
         let mut chunk = vec![0u8; STREAM_CHUNK];
         let mut out = Vec::with_capacity(STREAM_CHUNK + STREAM_CHUNK / 8);
-        let timeout = self.context.shared.config.idle_timeout();
+        let timeout = self.core.context.shared.config.idle_timeout();
         while !encoder.is_done() {
             // A read error here cannot become -ERR (the +OK is out): the connection is dropped.
             let n = file.read(&mut chunk).await?;

@@ -8,10 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use apopd::config::Config;
-use apopd::server::Server;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use apopd::server::{Kind, Server, Shared};
+use std::sync::Arc;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 /// Where the demo fixtures are.
 pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/demo");
@@ -63,10 +64,16 @@ impl Fixture {
     }
 }
 
+/// Config lines that turn on STLS and a POP3S listener with the demo certificate.
+pub const TLS_CONFIG: &str = "tls_cert = \"tls/cert.pem\"\ntls_key = \"tls/key.pem\"\nlisten_tls = [\"127.0.0.1:0\"]";
+
 /// An in-process server; dropped, it stops accepting.
 pub struct TestServer {
     pub fixture: Fixture,
+    /// The plain POP3 listener.
     pub addr: SocketAddr,
+    /// The POP3S listener, when `listen_tls` is configured.
+    pub tls_addr: Option<SocketAddr>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -83,17 +90,62 @@ impl TestServer {
 
     pub async fn start_on(fixture: Fixture) -> Self {
         let server = Server::bind(fixture.config()).await.expect("bind");
-        let addr = server.local_addrs()[0];
+        let addrs = server.local_addrs();
+        let addr = addrs.iter().find(|(_, k)| *k == Kind::Plain).expect("plain listener").0;
+        let tls_addr = addrs.iter().find(|(_, k)| *k == Kind::Tls).map(|(a, _)| *a);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(server.run(async move {
             let _ = stopped.await;
         }));
-        TestServer { fixture, addr, stop: Some(stop) }
+        TestServer { fixture, addr, tls_addr, stop: Some(stop) }
     }
 
     pub async fn connect(&self) -> Client {
         Client::connect(self.addr).await
     }
+
+    /// Connect to the POP3S listener.
+    pub async fn connect_tls(&self) -> Client<TlsStream> {
+        let tcp = TcpStream::connect(self.tls_addr.expect("listen_tls configured")).await.expect("connect");
+        Client::start(tls_handshake(tcp).await).await
+    }
+}
+
+/// The client side of TLS over TCP.
+pub type TlsStream = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// A TLS client config trusting only the demo CA.
+pub fn tls_client_config() -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(Path::new(FIXTURES).join("tls/ca.pem")).expect("ca.pem") {
+        roots.add(cert.expect("ca cert")).expect("add root");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
+/// Handshake as a client verifying the demo certificate for "localhost".
+pub async fn tls_handshake(tcp: TcpStream) -> TlsStream {
+    let connector = tokio_rustls::TlsConnector::from(tls_client_config());
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    connector.connect(name, tcp).await.expect("TLS handshake")
+}
+
+/// A session served in-process over an in-memory pipe, as if the client were at `peer`:
+/// how tests reach non-loopback policy without a non-loopback address.
+pub fn session_from(fixture: &Fixture, peer: &str) -> tokio::io::DuplexStream {
+    let shared = Arc::new(Shared::new(fixture.config()).expect("shared"));
+    let (client, server) = tokio::io::duplex(64 * 1024);
+    let peer: SocketAddr = peer.parse().expect("peer address");
+    tokio::spawn(apopd::session::serve(server, peer, shared, false));
+    client
 }
 
 impl Drop for TestServer {
@@ -105,9 +157,9 @@ impl Drop for TestServer {
 }
 
 /// A POP3 client speaking raw lines, for asserting exact server behaviour.
-pub struct Client {
-    reader: BufReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
+pub struct Client<S = TcpStream> {
+    reader: BufReader<ReadHalf<S>>,
+    writer: WriteHalf<S>,
     /// The greeting line, CRLF removed.
     pub greeting: String,
 }
@@ -115,11 +167,38 @@ pub struct Client {
 impl Client {
     pub async fn connect(addr: SocketAddr) -> Self {
         let stream = TcpStream::connect(addr).await.expect("connect");
-        let (r, writer) = stream.into_split();
-        let mut client = Client { reader: BufReader::new(r), writer, greeting: String::new() };
+        Client::start(stream).await
+    }
+
+    /// STLS: send it, expect +OK, handshake; the greeting is kept.
+    pub async fn starttls(mut self) -> Client<TlsStream> {
+        let reply = self.cmd("STLS").await;
+        assert!(reply.starts_with("+OK"), "STLS: {reply}");
+        let greeting = self.greeting.clone();
+        let tcp = self.into_inner();
+        Client::from_parts(tls_handshake(tcp).await, greeting)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
+    /// Wrap a connected stream and read the greeting.
+    pub async fn start(stream: S) -> Self {
+        let (reader, writer) = tokio::io::split(stream);
+        let mut client = Client { reader: BufReader::new(reader), writer, greeting: String::new() };
         client.greeting = client.line().await;
         assert!(client.greeting.starts_with("+OK "), "greeting: {}", client.greeting);
         client
+    }
+
+    /// A client on an already-greeted stream (after a handshake done by the test).
+    pub fn from_parts(stream: S, greeting: String) -> Self {
+        let (reader, writer) = tokio::io::split(stream);
+        Client { reader: BufReader::new(reader), writer, greeting }
+    }
+
+    /// Give the stream back (any buffered input is dropped).
+    pub fn into_inner(self) -> S {
+        self.reader.into_inner().unsplit(self.writer)
     }
 
     /// The `<…>` timestamp of the greeting.
