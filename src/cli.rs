@@ -269,12 +269,19 @@ fn set_credentials(name: &str, with_apop: bool, config: &Path, adding: bool) -> 
     let password = input.next_confirmed("Password: ")?;
     anyhow::ensure!(!password.is_empty(), "empty password");
     let secret = if with_apop { Some(input.next_confirmed("APOP secret: ")?) } else { None };
+    anyhow::ensure!(secret.as_ref().is_none_or(|s| !s.is_empty()), "empty APOP secret");
+    // Everything is read and checked before anything is written.
+    let secrets = match (secret, secrets_path) {
+        (Some(secret), Some(path)) => {
+            let mut secrets = users::read_entries(&path, true)?;
+            secrets.insert(name.to_owned(), secret);
+            Some((path, secrets))
+        }
+        _ => None,
+    };
     hashes.insert(name.to_owned(), password::hash(password.as_bytes()).map_err(anyhow::Error::msg)?);
     users::write_entries(&config.users_file, &hashes)?;
-    if let (Some(secret), Some(path)) = (secret, secrets_path) {
-        anyhow::ensure!(!secret.is_empty(), "empty APOP secret");
-        let mut secrets = users::read_entries(&path, true)?;
-        secrets.insert(name.to_owned(), secret);
+    if let Some((path, secrets)) = secrets {
         users::write_entries(&path, &secrets)?;
     }
     println!("{} {name}", if adding { "added" } else { "updated" });

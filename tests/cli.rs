@@ -269,7 +269,6 @@ fn user_commands_refuse_bad_requests() {
 }
 
 #[test]
-#[ignore = "BUG: `user add/passwd --apop` with an empty APOP secret exits 1 but has already written the password"]
 fn user_add_with_an_empty_apop_secret_changes_nothing() {
     let fixture = Fixture::new("");
     let config = path_str(&fixture.config_path).to_owned();

@@ -51,6 +51,9 @@ impl Authorization {
                 let accepted = cx.shared.auth.check_password(&user, password).await;
                 login(cx, user, accepted, "USER/PASS").await
             }
+            Command::Apop { .. } if cx.timestamp.is_empty() => {
+                Outcome::Reply(err("APOP is not enabled on this server"))
+            }
             Command::Apop { name, digest } => {
                 self.user = None;
                 let accepted = cx.shared.auth.check_apop(&name, &cx.timestamp, &digest);

@@ -66,7 +66,7 @@ enum State {
 struct Context {
     shared: Arc<Shared>,
     peer: SocketAddr,
-    /// The APOP timestamp sent in the greeting.
+    /// The APOP timestamp sent in the greeting; empty when APOP is not configured.
     timestamp: String,
     /// The connection is encrypted.
     secure: bool,
@@ -107,7 +107,11 @@ where
 {
     let span = tracing::info_span!("session", %peer, tls = secure, user = tracing::field::Empty);
     async move {
-        let context = Context { timestamp: shared.timestamps.next(), shared, peer, secure };
+        // RFC 1939 §7: a timestamp in the greeting announces APOP; without secrets there is none,
+        // and clients such as curl would otherwise try APOP and never fall back.
+        let timestamp =
+            if shared.config.apop_secrets_file.is_some() { shared.timestamps.next() } else { String::new() };
+        let context = Context { timestamp, shared, peer, secure };
         let core = Core { context, state: State::Authorization(Default::default()), errors_in_a_row: 0 };
         let (result, core, stream) = run_on(core, stream, true).await;
         match result {
@@ -181,7 +185,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
     async fn run(&mut self, greet: bool) -> std::io::Result<End> {
         if greet {
             let greeting = format!("apopd POP3 server ready {}", self.core.context.timestamp);
-            self.send(&response::ok(&greeting)).await?;
+            self.send(&response::ok(greeting.trim_end())).await?;
         }
         loop {
             let timeout = self.core.context.shared.config.idle_timeout();
