@@ -60,6 +60,33 @@ pub struct Config {
     /// Most simultaneous connections; more are answered `-ERR [SYS/TEMP]` and closed.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Most simultaneous connections from one IP address.
+    #[serde(default = "default_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
+    /// Close a connection that has not logged in after this long between commands.
+    #[serde(default = "default_auth_timeout")]
+    pub auth_timeout_secs: u64,
+    /// Drop a client that does not take our output for this long.
+    #[serde(default = "default_write_timeout")]
+    pub write_timeout_secs: u64,
+    /// Failed-login delays double per recent failure (per IP and per user) up to this.
+    #[serde(default = "default_auth_failure_delay_max")]
+    pub auth_failure_delay_max_ms: u64,
+    /// After this many failed logins from one IP within the window, refuse it until the window ends.
+    #[serde(default = "default_max_auth_failures_per_ip")]
+    pub max_auth_failures_per_ip: u32,
+    /// How long failed logins are remembered.
+    #[serde(default = "default_auth_failure_window")]
+    pub auth_failure_window_secs: u64,
+    /// On SIGTERM/SIGINT, how long sessions in UPDATE get to finish before the process exits.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace_secs: u64,
+    /// When started as root: the user to run as after binding ports and reading keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as_user: Option<String>,
+    /// When started as root: the group to run as (default: `run_as_user`'s primary group).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as_group: Option<String>,
 }
 
 fn default_listen() -> Vec<SocketAddr> {
@@ -86,6 +113,27 @@ fn default_auth_failure_delay() -> u64 {
 }
 fn default_max_connections() -> usize {
     1024
+}
+fn default_max_connections_per_ip() -> usize {
+    20
+}
+fn default_auth_timeout() -> u64 {
+    120
+}
+fn default_write_timeout() -> u64 {
+    120
+}
+fn default_auth_failure_delay_max() -> u64 {
+    15_000
+}
+fn default_max_auth_failures_per_ip() -> u32 {
+    20
+}
+fn default_auth_failure_window() -> u64 {
+    900
+}
+fn default_shutdown_grace() -> u64 {
+    10
 }
 
 impl Config {
@@ -136,6 +184,27 @@ impl Config {
         if self.max_connections == 0 {
             bail!("max_connections: must be at least 1");
         }
+        if self.max_connections_per_ip == 0 {
+            bail!("max_connections_per_ip: must be at least 1");
+        }
+        for (key, value) in [
+            ("auth_timeout_secs", self.auth_timeout_secs),
+            ("write_timeout_secs", self.write_timeout_secs),
+            ("auth_failure_window_secs", self.auth_failure_window_secs),
+        ] {
+            if value == 0 {
+                bail!("{key}: must be at least 1");
+            }
+        }
+        if self.auth_failure_delay_max_ms < self.auth_failure_delay_ms {
+            bail!("auth_failure_delay_max_ms: must not be below auth_failure_delay_ms");
+        }
+        if self.max_auth_failures_per_ip == 0 {
+            bail!("max_auth_failures_per_ip: must be at least 1");
+        }
+        if self.run_as_group.is_some() && self.run_as_user.is_none() {
+            bail!("run_as_group: needs run_as_user");
+        }
         if self.auth_failure_delay_ms > 60_000 {
             bail!("auth_failure_delay_ms: {} is over a minute; clients would time out", self.auth_failure_delay_ms);
         }
@@ -147,9 +216,19 @@ impl Config {
         MailRoot::new(&self.mail_root).context("mail_root")
     }
 
-    /// The inactivity timeout.
+    /// The inactivity timeout (TRANSACTION state).
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_timeout_secs)
+    }
+
+    /// The inactivity timeout before login.
+    pub fn auth_timeout(&self) -> Duration {
+        Duration::from_secs(self.auth_timeout_secs)
+    }
+
+    /// How long one write may take.
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_secs(self.write_timeout_secs)
     }
 
     /// True when USER/PASS may be used without TLS by a client at `peer`.

@@ -1,7 +1,7 @@
 //! Listeners, the connection limit, and what every session shares.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 
 use crate::auth::Authenticator;
 use crate::auth::apop::TimestampMaker;
+use crate::auth::throttle::{Policy, Throttle};
 use crate::config::Config;
 use crate::protocol::response;
 use crate::session;
@@ -31,8 +32,14 @@ pub struct Shared {
     pub mail_root: MailRoot,
     /// Certificate and key, when TLS is configured.
     pub tls: Option<Tls>,
+    /// Failed-login memory.
+    pub throttle: Throttle,
+    /// Becomes true when the server shuts down; sessions watch it.
+    pub shutdown: tokio::sync::watch::Sender<bool>,
     /// When each user last logged in, for LOGIN-DELAY.
     last_login: Mutex<HashMap<String, Instant>>,
+    /// Open connections per client IP.
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
 
 impl Shared {
@@ -43,7 +50,16 @@ impl Shared {
             (Some(cert), Some(key)) => Some(Tls::load(cert, key)?),
             _ => None,
         };
+        let throttle = Throttle::new(Policy {
+            base_delay: Duration::from_millis(config.auth_failure_delay_ms),
+            max_delay: Duration::from_millis(config.auth_failure_delay_max_ms),
+            max_failures_per_ip: config.max_auth_failures_per_ip,
+            window: Duration::from_secs(config.auth_failure_window_secs),
+        });
         Ok(Shared {
+            throttle,
+            shutdown: tokio::sync::watch::Sender::new(false),
+            per_ip: Mutex::new(HashMap::new()),
             tls,
             timestamps: TimestampMaker::new(&config.hostname),
             mail_root: config.mail_root()?,
@@ -60,10 +76,39 @@ impl Shared {
         delay.checked_sub(now.duration_since(last)).filter(|left| !left.is_zero())
     }
 
+    /// Count a connection from `ip`, unless it already has `max_connections_per_ip`.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let count = per_ip.entry(ip).or_insert(0);
+        if *count >= self.config.max_connections_per_ip {
+            return None;
+        }
+        *count += 1;
+        Some(IpSlot { shared: self.clone(), ip })
+    }
+
     /// Remember a successful login, for LOGIN-DELAY.
     pub fn record_login(&self, user: &str, now: Instant) {
         if self.config.login_delay_secs.is_some() {
             self.last_login.lock().unwrap_or_else(|e| e.into_inner()).insert(user.to_owned(), now);
+        }
+    }
+}
+
+/// One counted connection from an IP; dropping it uncounts it.
+struct IpSlot {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut per_ip = self.shared.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = per_ip.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                per_ip.remove(&self.ip);
+            }
         }
     }
 }
@@ -108,9 +153,11 @@ impl Server {
         self.shared.clone()
     }
 
-    /// Accept and serve connections until `shutdown` completes.
+    /// Accept and serve connections until `shutdown` completes; then stop accepting, tell
+    /// sessions to close (those in UPDATE finish first) and wait up to `shutdown_grace_secs`.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let limit = Arc::new(Semaphore::new(self.shared.config.max_connections));
+        let max = self.shared.config.max_connections;
+        let limit = Arc::new(Semaphore::new(max));
         let mut accepting = tokio::task::JoinSet::new();
         for (listener, kind) in self.listeners {
             if let Ok(addr) = listener.local_addr() {
@@ -121,6 +168,14 @@ impl Server {
         shutdown.await;
         tracing::info!("shutting down: no new connections");
         accepting.shutdown().await;
+        self.shared.shutdown.send_replace(true);
+        let grace = Duration::from_secs(self.shared.config.shutdown_grace_secs);
+        // Every session holds a permit: having them all back means every session ended.
+        let all_done = limit.acquire_many(u32::try_from(max).unwrap_or(u32::MAX));
+        match tokio::time::timeout(grace, all_done).await {
+            Ok(_) => tracing::info!("all sessions closed"),
+            Err(_) => tracing::warn!("shutdown grace period over; dropping the remaining sessions"),
+        }
     }
 }
 
@@ -154,7 +209,12 @@ async fn accept_loop(listener: TcpListener, kind: Kind, shared: Arc<Shared>, lim
         let _ = stream.set_nodelay(true);
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "connection limit reached; refusing");
-            tokio::spawn(refuse(stream, kind, shared.clone()));
+            tokio::spawn(refuse(stream, kind, shared.clone(), "too many connections"));
+            continue;
+        };
+        let Some(slot) = shared.admit(peer.ip()) else {
+            tracing::warn!(%peer, "per-IP connection limit reached; refusing");
+            tokio::spawn(refuse(stream, kind, shared.clone(), "too many connections from your address"));
             continue;
         };
         let shared = shared.clone();
@@ -170,14 +230,15 @@ async fn accept_loop(listener: TcpListener, kind: Kind, shared: Arc<Shared>, lim
                 }
                 _ => session::serve(stream, peer, shared, false).await,
             }
+            drop(slot);
             drop(permit);
         });
     }
 }
 
 /// Answer `-ERR [SYS/TEMP]` and close (over TLS on a POP3S listener, or the client sees garbage).
-async fn refuse(stream: TcpStream, kind: Kind, shared: Arc<Shared>) {
-    let reply = response::err("[SYS/TEMP] too many connections; try again later");
+async fn refuse(stream: TcpStream, kind: Kind, shared: Arc<Shared>, why: &str) {
+    let reply = response::err(&format!("[SYS/TEMP] {why}; try again later"));
     let work = async {
         match (kind, shared.tls.as_ref()) {
             (Kind::Tls, Some(tls)) => {

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 /// The one answer to every failed login (src/session/authorization.rs `AUTH_FAILED`).
 const AUTH_FAILED: &str = "-ERR [AUTH] invalid user name or password";
-const NOT_LOGGED_IN: &str = "-ERR not logged in yet: use USER/PASS or APOP first";
+const NOT_LOGGED_IN: &str = "-ERR not logged in yet: use USER/PASS, APOP or AUTH first";
 const ALICE_OK: &str = "+OK alice's maildrop has 5 messages (3038 octets)";
 
 /// Every path under `root`, relative to it.

@@ -23,11 +23,21 @@ async fn capa_in_authorization_and_transaction() {
     assert_eq!(status, "+OK capability list follows");
     assert_eq!(
         lines,
-        caps(&["TOP", "UIDL", "USER", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING", "EXPIRE NEVER", IMPLEMENTATION])
+        caps(&[
+            "TOP",
+            "UIDL",
+            "USER",
+            "SASL PLAIN LOGIN",
+            "RESP-CODES",
+            "AUTH-RESP-CODE",
+            "PIPELINING",
+            "EXPIRE NEVER",
+            IMPLEMENTATION
+        ])
     );
     // CAPA does not disturb a USER in progress.
     assert_eq!(c.cmd("USER alice").await, "+OK send PASS");
-    assert_eq!(c.multi("CAPA").await.1.len(), 8);
+    assert_eq!(c.multi("CAPA").await.1.len(), 9);
     assert_eq!(c.cmd(&format!("PASS {ALICE_PASSWORD}")).await, "+OK alice's maildrop has 5 messages (3038 octets)");
 
     // In TRANSACTION, USER is gone (it no longer works).
@@ -52,6 +62,7 @@ async fn capa_lists_login_delay_when_configured() {
             "TOP",
             "UIDL",
             "USER",
+            "SASL PLAIN LOGIN",
             "RESP-CODES",
             "AUTH-RESP-CODE",
             "PIPELINING",
@@ -83,7 +94,7 @@ async fn a_second_login_within_login_delay_is_refused() {
     let reply = again.login("alice", ALICE_PASSWORD).await;
     assert!(reply.starts_with("-ERR [LOGIN-DELAY] wait "), "{reply}");
     // The session stays in AUTHORIZATION.
-    assert_eq!(again.cmd("STAT").await, "-ERR not logged in yet: use USER/PASS or APOP first");
+    assert_eq!(again.cmd("STAT").await, "-ERR not logged in yet: use USER/PASS, APOP or AUTH first");
 
     // The delay is per user: bob is not affected.
     let mut bob = server.connect().await;
@@ -104,7 +115,7 @@ async fn session_from(peer: &str, extra: &str) -> (Fixture, BufReader<DuplexStre
     let shared = Arc::new(apopd::server::Shared::new(fixture.config()).unwrap());
     let (client, server) = tokio::io::duplex(64 * 1024);
     let peer: SocketAddr = peer.parse().unwrap();
-    tokio::spawn(apopd::session::serve(server, peer, shared));
+    tokio::spawn(apopd::session::serve(server, peer, shared, false));
     (fixture, BufReader::new(client))
 }
 
@@ -142,7 +153,7 @@ async fn no_user_capability_or_plaintext_login_from_a_remote_network() {
     let greeting = read_line(&mut io).await;
     assert!(greeting.starts_with("+OK "), "{greeting}");
     assert!(!capa(&mut io).await.contains(&"USER".to_owned()));
-    let refused = "-ERR [AUTH] plaintext login is not allowed on this unencrypted connection; use APOP";
+    let refused = "-ERR [AUTH] plaintext passwords are not accepted on this unencrypted connection; use APOP";
     assert_eq!(command(&mut io, "USER alice").await, refused);
     assert_eq!(command(&mut io, &format!("PASS {ALICE_PASSWORD}")).await, "-ERR give USER first");
     // APOP is still offered.

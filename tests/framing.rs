@@ -119,10 +119,10 @@ async fn line_limit_is_255_octets_including_crlf() {
     assert_eq!(c.line().await, "+OK");
     let over = format!("NOOP{}\r\n", " ".repeat(250));
     c.send_raw(over.as_bytes()).await;
-    assert_eq!(c.line().await, "-ERR line too long (RFC 2449 limit: 255 octets)");
+    assert_eq!(c.line().await, "-ERR line too long (limit: 255 octets)");
     // An overlong DELE is not executed.
     c.send_raw(format!("DELE 1{}\r\n", " ".repeat(300)).as_bytes()).await;
-    assert_eq!(c.line().await, "-ERR line too long (RFC 2449 limit: 255 octets)");
+    assert_eq!(c.line().await, "-ERR line too long (limit: 255 octets)");
     assert_eq!(c.cmd("STAT").await, "+OK 5 3038");
 }
 
@@ -132,7 +132,6 @@ async fn line_within(c: &mut Client, secs: u64) -> String {
 }
 
 #[tokio::test]
-#[ignore = "BUG: a reply is not flushed while the start of the next command is buffered (session/mod.rs send)"]
 async fn reply_is_sent_even_when_a_partial_command_follows() {
     let server = TestServer::start().await;
     let mut c = server.connect().await;
@@ -145,7 +144,6 @@ async fn reply_is_sent_even_when_a_partial_command_follows() {
 }
 
 #[tokio::test]
-#[ignore = "BUG: QUIT's reply is lost when more input is pipelined after it (session/mod.rs send never flushes)"]
 async fn quit_reply_is_sent_when_more_input_follows() {
     let server = TestServer::start().await;
     let mut c = server.connect().await;

@@ -18,7 +18,7 @@ async fn a_second_login_gets_in_use_and_the_first_session_goes_on() {
     assert_eq!(second.apop("alice", ALICE_APOP_SECRET).await, IN_USE);
     assert_eq!(second.login("alice", ALICE_PASSWORD).await, IN_USE);
     // The refused session stays in AUTHORIZATION...
-    assert_eq!(second.cmd("STAT").await, "-ERR not logged in yet: use USER/PASS or APOP first");
+    assert_eq!(second.cmd("STAT").await, "-ERR not logged in yet: use USER/PASS, APOP or AUTH first");
     // ...and its failed attempts did not release the first session's lock.
     let mut third = server.connect().await;
     assert_eq!(third.apop("alice", ALICE_APOP_SECRET).await, IN_USE);

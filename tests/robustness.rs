@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const ALICE_OK: &str = "+OK alice's maildrop has 5 messages (3038 octets)";
-const TOO_LONG: &str = "-ERR line too long (RFC 2449 limit: 255 octets)";
+const TOO_LONG: &str = "-ERR line too long (limit: 255 octets)";
 
 /// Deterministic "random" bytes (xorshift), with NUL and 0xFF forced in and no line feed.
 fn garbage(len: usize, seed: u64) -> Vec<u8> {
@@ -38,7 +38,7 @@ async fn assert_alive(c: &mut Client) {
 async fn unknown_commands_are_refused_and_the_session_goes_on() {
     let server = TestServer::start().await;
     let mut c = server.connect().await;
-    for cmd in ["HELO", "STATUS", "EHLO example.org", "AUTH PLAIN", "STLS", "X", "RETRIEVE 1", "LIST1"] {
+    for cmd in ["HELO", "STATUS", "EHLO example.org", "AUTHX PLAIN", "STLSX", "X", "RETRIEVE 1", "LIST1"] {
         assert_eq!(c.cmd(cmd).await, "-ERR unknown command", "{cmd}");
     }
     assert_alive(&mut c).await;
@@ -241,7 +241,6 @@ async fn failed_logins_count_as_errors() {
 }
 
 #[tokio::test]
-#[ignore = "BUG: with the 20 errors pipelined in one write, every reply and the closing -ERR are lost (session/mod.rs send)"]
 async fn twenty_pipelined_errors_are_all_answered_before_closing() {
     let server = TestServer::start().await;
     let mut c = server.connect().await;

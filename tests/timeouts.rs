@@ -26,7 +26,8 @@ struct Pipe {
 impl Pipe {
     async fn open(shared: &Arc<Shared>, buffer: usize) -> Pipe {
         let (client, server) = tokio::io::duplex(buffer);
-        let session = tokio::spawn(apopd::session::serve(server, "127.0.0.1:40000".parse().unwrap(), shared.clone()));
+        let session =
+            tokio::spawn(apopd::session::serve(server, "127.0.0.1:40000".parse().unwrap(), shared.clone(), false));
         let mut pipe = Pipe { io: BufReader::new(client), greeting: String::new(), session };
         pipe.greeting = pipe.line().await;
         assert!(pipe.greeting.starts_with("+OK "), "{}", pipe.greeting);
@@ -72,12 +73,29 @@ fn shared(fixture: &Fixture) -> Arc<Shared> {
     Arc::new(Shared::new(fixture.config()).unwrap())
 }
 
+/// Before login the short `auth_timeout_secs` applies (slow-loris clients go early); the
+/// RFC 1939 ten-minute autologout is for TRANSACTION.
 #[tokio::test(start_paused = true)]
-async fn idle_in_authorization_is_logged_out_after_ten_minutes() {
+async fn idle_in_authorization_is_dropped_after_auth_timeout() {
+    for (extra, secs) in [("", 120), ("auth_timeout_secs = 30", 30)] {
+        let fixture = Fixture::new(extra);
+        let shared = shared(&fixture);
+        let start = Instant::now();
+        let pipe = Pipe::open(&shared, 64 * 1024).await;
+        pipe.expect_autologout().await;
+        let idle = start.elapsed();
+        assert!(idle >= Duration::from_secs(secs), "dropped after {idle:?}, before {secs}s");
+        assert!(idle < Duration::from_secs(secs + 1), "dropped after {idle:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_in_transaction_is_logged_out_after_ten_minutes() {
     let fixture = Fixture::new("");
     let shared = shared(&fixture);
+    let mut pipe = Pipe::open(&shared, 64 * 1024).await;
+    pipe.apop_alice().await;
     let start = Instant::now();
-    let pipe = Pipe::open(&shared, 64 * 1024).await;
     pipe.expect_autologout().await;
     let idle = start.elapsed();
     assert!(idle >= Duration::from_secs(600), "logged out after {idle:?}, before RFC 1939's 10 minutes");
@@ -161,10 +179,12 @@ async fn a_client_that_stops_reading_does_not_pin_the_session() {
     pipe.apop_alice_with(6).await;
     assert_eq!(pipe.cmd("DELE 1").await, "+OK message 1 marked for deletion");
     pipe.io.write_all(b"RETR 6\r\n").await.unwrap();
-    // Never read again: the session must still end (write timeout), without UPDATE.
+    // Never read again: the session must still end (write_timeout_secs, 120 by default), without UPDATE.
     let start = Instant::now();
     (&mut pipe.session).await.unwrap();
-    assert!(start.elapsed() >= Duration::from_secs(600), "gave up on a slow reader after {:?}", start.elapsed());
+    let waited = start.elapsed();
+    assert!(waited >= Duration::from_secs(120), "gave up on a slow reader after {waited:?}");
+    assert!(waited < Duration::from_secs(121), "held a slow reader for {waited:?}");
     assert_eq!(fixture.message_files("alice"), before);
     let mut next = Pipe::open(&shared, 64 * 1024).await;
     next.apop_alice_with(6).await;

@@ -3,6 +3,7 @@
 pub mod apop;
 pub mod password;
 pub mod sasl;
+pub mod throttle;
 pub mod users;
 
 use std::path::{Path, PathBuf};

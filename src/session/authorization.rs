@@ -1,6 +1,6 @@
 //! The AUTHORIZATION state: USER/PASS, APOP and QUIT.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::transaction::Transaction;
 use super::{Context, Outcome};
@@ -12,9 +12,23 @@ use crate::store::{Mailbox, OpenError};
 /// The one answer to every failed login: unknown user and wrong password look the same.
 const AUTH_FAILED: &str = "[AUTH] invalid user name or password";
 
-/// Refusal of USER/PASS, AUTH PLAIN and AUTH LOGIN without TLS from an untrusted network.
-const PLAINTEXT_REFUSED: &str =
-    "[AUTH] plaintext passwords are not accepted on this unencrypted connection; use STLS, APOP or CRAM-MD5";
+/// Refusal of USER/PASS, AUTH PLAIN and AUTH LOGIN without TLS from an untrusted network,
+/// naming what this connection does offer.
+fn plaintext_refused(cx: &Context) -> Outcome {
+    let mut alternatives: Vec<&str> = Vec::new();
+    if cx.stls_available() {
+        alternatives.push("STLS");
+    }
+    if !cx.timestamp.is_empty() {
+        alternatives.push("APOP");
+    }
+    alternatives.extend(cx.mechanisms().into_iter().map(|m| m.name()));
+    let hint = match alternatives.as_slice() {
+        [] => String::new(),
+        names => format!("; use {}", names.join(" or ")),
+    };
+    Outcome::Reply(err(&format!("[AUTH] plaintext passwords are not accepted on this unencrypted connection{hint}")))
+}
 
 /// AUTHORIZATION state: the name given by USER, or a SASL exchange in progress.
 #[derive(Debug, Default)]
@@ -39,7 +53,7 @@ impl Authorization {
         match command {
             Command::User(name) => {
                 if !cx.plaintext_allowed() {
-                    return Outcome::Reply(err(PLAINTEXT_REFUSED));
+                    return plaintext_refused(cx);
                 }
                 self.user = Some(name);
                 Outcome::Reply(ok("send PASS"))
@@ -48,6 +62,9 @@ impl Authorization {
                 let Some(user) = self.user.take() else {
                     return Outcome::Reply(err("give USER first"));
                 };
+                if let Some(refusal) = throttled(cx) {
+                    return refusal;
+                }
                 let accepted = cx.shared.auth.check_password(&user, password).await;
                 login(cx, user, accepted, "USER/PASS").await
             }
@@ -56,6 +73,9 @@ impl Authorization {
             }
             Command::Apop { name, digest } => {
                 self.user = None;
+                if let Some(refusal) = throttled(cx) {
+                    return refusal;
+                }
                 let accepted = cx.shared.auth.check_apop(&name, &cx.timestamp, &digest);
                 login(cx, name, accepted, "APOP").await
             }
@@ -77,9 +97,14 @@ impl Authorization {
 
     async fn start_sasl(&mut self, name: &str, initial: Option<String>, cx: &Context) -> Outcome {
         self.user = None;
+        if let Some(refusal) = throttled(cx) {
+            return refusal;
+        }
         let Some(mechanism) = Mechanism::from_name(name).filter(|m| cx.mechanisms().contains(m)) else {
-            if Mechanism::from_name(name).is_some_and(Mechanism::sends_password) {
-                return Outcome::Reply(err(PLAINTEXT_REFUSED));
+            if Mechanism::from_name(name)
+                .is_some_and(|m| m.sends_password() && cx.shared.config.sasl_mechanisms.contains(&m))
+            {
+                return plaintext_refused(cx);
             }
             return Outcome::Reply(err("unsupported SASL mechanism; AUTH alone lists them"));
         };
@@ -130,13 +155,26 @@ impl Authorization {
     }
 }
 
+/// The refusal for a client IP with too many recent failures, checked before any password work.
+fn throttled(cx: &Context) -> Option<Outcome> {
+    let left = cx.shared.throttle.blocked_for(cx.peer.ip(), Instant::now())?;
+    tracing::warn!(peer = %cx.peer.ip(), "login refused: too many failed logins");
+    Some(Outcome::Reply(err(&format!(
+        "[LOGIN-DELAY] too many failed logins from your address; try again in {} seconds",
+        left.as_secs().max(1)
+    ))))
+}
+
 /// Finish a login attempt: delay failures, enforce LOGIN-DELAY, lock and open the mailbox.
 async fn login(cx: &Context, user: String, accepted: bool, method: &str) -> Outcome {
     if !accepted {
+        // fail2ban matches this line: keep "authentication failed peer=<ip>" stable.
         tracing::warn!(peer = %cx.peer.ip(), user = ?user, method, "authentication failed");
-        tokio::time::sleep(Duration::from_millis(cx.shared.config.auth_failure_delay_ms)).await;
+        let delay = cx.shared.throttle.failed(cx.peer.ip(), &user, Instant::now());
+        tokio::time::sleep(delay).await;
         return Outcome::Reply(err(AUTH_FAILED));
     }
+    cx.shared.throttle.succeeded(&user);
     if let Some(wait) = cx.shared.login_delay_left(&user, Instant::now()) {
         return Outcome::Reply(err(&format!(
             "[LOGIN-DELAY] wait {} more seconds before logging in again",

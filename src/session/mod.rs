@@ -187,14 +187,28 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
             let greeting = format!("apopd POP3 server ready {}", self.core.context.timestamp);
             self.send(&response::ok(greeting.trim_end())).await?;
         }
+        let mut shutdown = self.core.context.shared.shutdown.subscribe();
         loop {
-            let timeout = self.core.context.shared.config.idle_timeout();
+            let config = &self.core.context.shared.config;
+            let timeout = match self.core.state {
+                State::Authorization(_) => config.auth_timeout(),
+                State::Transaction(_) => config.idle_timeout(),
+            };
             let max = if self.in_sasl() { sasl::MAX_RESPONSE_LINE } else { lines::MAX_COMMAND_LINE };
-            let line = match tokio::time::timeout(timeout, lines::next_line(&mut self.reader, max)).await {
-                Ok(line) => line?,
-                Err(_) => {
-                    tracing::info!("idle timeout; nothing deleted");
-                    self.send(&response::err("autologout: idle too long")).await?;
+            let read = tokio::time::timeout(timeout, lines::next_line(&mut self.reader, max));
+            let line = tokio::select! {
+                line = read => match line {
+                    Ok(line) => line?,
+                    Err(_) => {
+                        tracing::info!("idle timeout; nothing deleted");
+                        self.send(&response::err("autologout: idle too long")).await?;
+                        return Ok(End::Closed);
+                    }
+                },
+                // The watch::Ref is dropped inside: it must not live across an await.
+                _ = async { shutdown.wait_for(|down| *down).await.is_ok() } => {
+                    tracing::info!("server shutting down; nothing deleted");
+                    self.send(&response::err("[SYS/TEMP] server shutting down; nothing was deleted")).await?;
                     return Ok(End::Closed);
                 }
             };
@@ -317,12 +331,12 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
         self.send(&reply).await
     }
 
-    /// Queue `bytes`; flush unless more pipelined commands are already waiting.
+    /// Queue `bytes`; flush unless another complete pipelined command is already waiting.
     async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        let timeout = self.core.context.shared.config.idle_timeout();
+        let timeout = self.core.context.shared.config.write_timeout();
         let write = async {
             self.writer.write_all(bytes).await?;
-            if self.reader.buffer().is_empty() {
+            if memchr::memchr(b'\n', self.reader.buffer()).is_none() {
                 self.writer.flush().await?;
             }
             Ok(())
@@ -334,7 +348,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
         let mut encoder = BodyEncoder::new(top);
         let mut chunk = vec![0u8; STREAM_CHUNK];
         let mut out = Vec::with_capacity(STREAM_CHUNK + STREAM_CHUNK / 8);
-        let timeout = self.core.context.shared.config.idle_timeout();
+        let timeout = self.core.context.shared.config.write_timeout();
         while !encoder.is_done() {
             // A read error here cannot become -ERR (the +OK is out): the connection is dropped.
             let n = file.read(&mut chunk).await?;

@@ -34,10 +34,24 @@ impl Fixture {
         let dir = tempfile::tempdir().expect("tempdir");
         apopd::demo::copy_private(Path::new(FIXTURES), dir.path()).expect("copy fixtures");
         let config_path = dir.path().join("test.toml");
-        let config = format!(
-            "listen = [\"127.0.0.1:0\"]\nmail_root = \"mail/{{user}}\"\nusers_file = \"users\"\n\
-             apop_secrets_file = \"apop-secrets\"\nauth_failure_delay_ms = 0\n{extra}\n"
-        );
+        // Test defaults; a key that `extra` sets itself is left out here.
+        let defaults = [
+            ("listen", "[\"127.0.0.1:0\"]"),
+            ("mail_root", "\"mail/{user}\""),
+            ("users_file", "\"users\""),
+            ("apop_secrets_file", "\"apop-secrets\""),
+            ("auth_failure_delay_ms", "0"),
+            // Tests fail logins on purpose, all from 127.0.0.1.
+            ("max_auth_failures_per_ip", "1000000"),
+        ];
+        let mut config = String::new();
+        for (key, value) in defaults {
+            if !extra.lines().any(|line| line.trim_start().starts_with(&format!("{key} "))) {
+                config.push_str(&format!("{key} = {value}\n"));
+            }
+        }
+        config.push_str(extra);
+        config.push('\n');
         std::fs::write(&config_path, config).expect("write config");
         Fixture { dir, config_path }
     }
