@@ -11,7 +11,7 @@ use apopd::auth::users::{self, Entries};
 use apopd::auth::{apop, password};
 use apopd::config::Config;
 use apopd::server::{Kind, Server, reload_tls_on_hangup};
-use apopd::{demo, store};
+use apopd::{demo, privileges, store, systemd};
 
 /// The config file used by `user` and `deliver` when no --config is given.
 const DEFAULT_CONFIG: &str = "/etc/apopd/apopd.toml";
@@ -103,6 +103,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             let path = config.unwrap_or_else(|| Path::new(demo::DEMO_SOURCE).join(demo::DEMO_CONFIG));
             let config = Config::load(&path)?;
             println!("{}", config.to_toml().trim_end());
+            // Read the users files and the certificate too, as `serve` would.
+            apopd::server::Shared::new(config)?;
             eprintln!("{}: OK", path.display());
             Ok(ExitCode::SUCCESS)
         }
@@ -120,28 +122,44 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 fn serve(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let path = match config {
-        Some(path) => path,
+    let (path, demo_dir) = match config {
+        Some(path) => (path, None),
+        None if Path::new(DEFAULT_CONFIG).exists() => (PathBuf::from(DEFAULT_CONFIG), None),
         None => {
             let dir = demo::prepare()?;
             eprintln!("apopd: serving the demo from {} (a fresh copy of {})", dir.display(), demo::DEMO_SOURCE);
-            dir.join(demo::DEMO_CONFIG)
+            (dir.join(demo::DEMO_CONFIG), Some(dir))
         }
     };
     let config = Config::load(&path)?;
+    let (run_as_user, run_as_group) = (config.run_as_user.clone(), config.run_as_group.clone());
+    // Bind and read keys as root, then drop root before the runtime starts any thread.
+    let inherited = systemd::inherited_listeners()?;
+    let server = if inherited.is_empty() {
+        Server::bind(config)?
+    } else {
+        tracing::info!(sockets = inherited.len(), "using sockets passed by systemd");
+        Server::with_listeners(config, inherited)?
+    };
+    privileges::drop_to(run_as_user.as_deref(), run_as_group.as_deref())?;
+    for (addr, kind) in server.local_addrs() {
+        match kind {
+            Kind::Plain => eprintln!("apopd: POP3 on {addr}"),
+            Kind::Tls => eprintln!("apopd: POP3S on {addr}"),
+        }
+    }
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let server = Server::bind(config).await?;
-        for (addr, kind) in server.local_addrs() {
-            match kind {
-                Kind::Plain => eprintln!("apopd: POP3 on {addr}"),
-                Kind::Tls => eprintln!("apopd: POP3S on {addr}"),
-            }
-        }
         tokio::spawn(reload_tls_on_hangup(server.shared()));
+        systemd::ready();
         server.run(shutdown_signal()).await;
-        Ok(ExitCode::SUCCESS)
-    })
+    });
+    // Blocking tasks (an UPDATE's unlinks) get a moment; each unlink is atomic either way.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    if let Some(dir) = demo_dir {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Completes on SIGINT or SIGTERM.
@@ -159,6 +177,7 @@ async fn shutdown_signal() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
+    systemd::stopping();
 }
 
 /// `apopd deliver`: exit codes follow sysexits.h so an MTA retries or bounces correctly.
@@ -170,22 +189,32 @@ fn deliver(user: &str, config: &Path) -> ExitCode {
             return ExitCode::from(EX_TEMPFAIL);
         }
     };
-    let known = users::read_entries(&config.users_file, false).map(|u| u.contains_key(user));
-    let dir = match (known, config.mail_root().map(|r| r.maildir_of(user))) {
-        (Ok(true), Ok(Some(dir))) => dir,
-        (Ok(_), Ok(_)) => {
-            eprintln!("apopd deliver: no such user {user:?}");
+    // A user is known by their maildir, or else by the users file (which an MTA running
+    // `deliver` as another user may not be allowed to read).
+    let dir = match config.mail_root().map(|root| root.maildir_of(user)) {
+        Ok(Some(dir)) => dir,
+        Ok(None) => {
+            eprintln!("apopd deliver: invalid user name {user:?}");
             return ExitCode::from(EX_NOUSER);
         }
-        (Err(e), _) => {
-            eprintln!("apopd deliver: {e}");
-            return ExitCode::from(EX_TEMPFAIL);
-        }
-        (_, Err(e)) => {
+        Err(e) => {
             eprintln!("apopd deliver: {e:#}");
             return ExitCode::from(EX_TEMPFAIL);
         }
     };
+    if !dir.is_dir() {
+        match users::read_entries(&config.users_file, false) {
+            Ok(users) if users.contains_key(user) => {}
+            Ok(_) => {
+                eprintln!("apopd deliver: no such user {user:?}");
+                return ExitCode::from(EX_NOUSER);
+            }
+            Err(e) => {
+                eprintln!("apopd deliver: {e}");
+                return ExitCode::from(EX_TEMPFAIL);
+            }
+        }
+    }
     match store::deliver::deliver(&dir, &mut std::io::stdin().lock()) {
         Ok(id) => {
             tracing::info!(user = ?user, id, "delivered");

@@ -6,8 +6,10 @@
 pub mod auth;
 pub mod config;
 pub mod demo;
+pub mod privileges;
 pub mod protocol;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod systemd;
 pub mod tls;

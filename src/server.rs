@@ -124,21 +124,32 @@ pub enum Kind {
 
 /// Bound listeners, ready to serve.
 pub struct Server {
-    listeners: Vec<(TcpListener, Kind)>,
+    listeners: Vec<(std::net::TcpListener, Kind)>,
     shared: Arc<Shared>,
 }
 
 impl Server {
     /// Load users and certificates, then bind every `listen` and `listen_tls` address.
-    pub async fn bind(config: Config) -> anyhow::Result<Server> {
+    ///
+    /// Synchronous and runtime-free, so privileges can be dropped between this and [`Server::run`].
+    pub fn bind(config: Config) -> anyhow::Result<Server> {
         let shared = Arc::new(Shared::new(config)?);
         let config = &shared.config;
         let wanted =
             config.listen.iter().map(|a| (a, Kind::Plain)).chain(config.listen_tls.iter().map(|a| (a, Kind::Tls)));
         let mut listeners = Vec::new();
         for (addr, kind) in wanted {
-            let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+            let listener = bind_socket(*addr).with_context(|| format!("cannot listen on {addr}"))?;
             listeners.push((listener, kind));
+        }
+        Ok(Server { listeners, shared })
+    }
+
+    /// Serve on sockets bound by someone else (systemd socket activation) instead of the config's.
+    pub fn with_listeners(config: Config, listeners: Vec<(std::net::TcpListener, Kind)>) -> anyhow::Result<Server> {
+        let shared = Arc::new(Shared::new(config)?);
+        if shared.tls.is_none() && listeners.iter().any(|(_, kind)| *kind == Kind::Tls) {
+            anyhow::bail!("a pop3s socket was passed in but tls_cert/tls_key are not configured");
         }
         Ok(Server { listeners, shared })
     }
@@ -160,6 +171,13 @@ impl Server {
         let limit = Arc::new(Semaphore::new(max));
         let mut accepting = tokio::task::JoinSet::new();
         for (listener, kind) in self.listeners {
+            let listener = match TcpListener::from_std(listener) {
+                Ok(listener) => listener,
+                Err(e) => {
+                    tracing::error!("cannot use listening socket: {e}");
+                    continue;
+                }
+            };
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, ?kind, "listening");
             }
@@ -177,6 +195,20 @@ impl Server {
             Err(_) => tracing::warn!("shutdown grace period over; dropping the remaining sessions"),
         }
     }
+}
+
+/// A listening socket; IPv6 ones are IPv6-only, so `0.0.0.0:110` and `[::]:110` can coexist.
+fn bind_socket(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
 }
 
 /// Re-read the TLS certificate and key on every SIGHUP; sessions already open keep theirs.

@@ -490,12 +490,18 @@ fn deliver_exit_codes_follow_sysexits() {
     // A config that is a directory cannot be read at all (as root, chmod 000 would not stop a read).
     let out = apopd(&["deliver", "alice", "--config", path_str(fixture.dir.path())], b"Subject: x\n\n");
     assert_eq!(out.status.code(), Some(75), "unreadable config is EX_TEMPFAIL; stderr: {}", show(&out.stderr));
-    // An unreadable users file is a temporary failure too, not "no such user".
+    // A user without a maildir is looked up in the users file; if that cannot be used, it is
+    // a temporary failure, not "no such user".
     fs::set_permissions(fixture.dir.path().join("users"), fs::Permissions::from_mode(0o644)).unwrap();
-    let out = apopd(&["deliver", "alice", "--config", &config], b"Subject: x\n\n");
+    let out = apopd(&["deliver", "carol", "--config", &config], b"Subject: x\n\n");
     assert_eq!(out.status.code(), Some(75), "unusable users file is EX_TEMPFAIL; stderr: {}", show(&out.stderr));
 
     assert_eq!(snapshot(), before, "failed deliveries wrote nothing");
+
+    // An existing maildir is enough: an MTA running deliver as another user may not be able
+    // to read the (0600) users file.
+    let out = apopd(&["deliver", "alice", "--config", &config], b"Subject: x\n\n");
+    assert_eq!(out.status.code(), Some(0), "existing maildir; stderr: {}", show(&out.stderr));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -150,7 +150,7 @@ async fn quit_reply_is_sent_when_more_input_follows() {
     assert_eq!(c.apop("alice", ALICE_APOP_SECRET).await, ALICE_OK);
     c.send_raw(b"DELE 1\r\nQUIT\r\nNOOP\r\n").await;
     assert_eq!(c.line().await, "+OK message 1 marked for deletion");
-    assert_eq!(c.line().await, "+OK apopd signing off (1 messages deleted)");
+    assert_eq!(c.line().await, "+OK apopd signing off (1 message deleted)");
     assert!(c.closed().await);
     assert_eq!(server.fixture.message_files("alice").len(), 4);
 }
@@ -163,7 +163,7 @@ async fn quit_pipelined_last_is_answered() {
     c.send_raw(b"STAT\r\nDELE 1\r\nQUIT\r\n").await;
     assert_eq!(c.line().await, "+OK 5 3038");
     assert_eq!(c.line().await, "+OK message 1 marked for deletion");
-    assert_eq!(c.line().await, "+OK apopd signing off (1 messages deleted)");
+    assert_eq!(c.line().await, "+OK apopd signing off (1 message deleted)");
     assert!(c.closed().await);
     assert_eq!(server.fixture.message_files("alice").len(), 4);
 }

@@ -31,7 +31,7 @@ async fn a_second_login_gets_in_use_and_the_first_session_goes_on() {
     let mut bob = server.connect().await;
     assert_eq!(bob.login("bob", BOB_PASSWORD).await, "+OK bob's maildrop has 2 messages (584 octets)");
 
-    assert_eq!(first.cmd("QUIT").await, "+OK apopd signing off (1 messages deleted)");
+    assert_eq!(first.cmd("QUIT").await, "+OK apopd signing off (1 message deleted)");
     assert!(first.closed().await);
     // Now the waiting session gets in, and sees the UPDATE's result.
     assert_eq!(second.apop("alice", ALICE_APOP_SECRET).await, "+OK alice's maildrop has 4 messages (2530 octets)");
@@ -68,7 +68,7 @@ fn two_server_processes_share_the_lock() {
         assert_eq!(first.cmd("STAT").await, "+OK 5 3038");
 
         assert_eq!(first.cmd("DELE 5").await, "+OK message 5 marked for deletion");
-        assert_eq!(first.cmd("QUIT").await, "+OK apopd signing off (1 messages deleted)");
+        assert_eq!(first.cmd("QUIT").await, "+OK apopd signing off (1 message deleted)");
         assert!(first.closed().await);
         assert_eq!(second.apop("alice", ALICE_APOP_SECRET).await, "+OK alice's maildrop has 4 messages (2403 octets)");
         // And now the first process is the one refused.

@@ -84,7 +84,7 @@ async fn pop3s_outlook_like_session() {
     let body = c.body().await;
     assert_eq!(body, crlf(&std::fs::read(&server.fixture.message_files("bob")[0]).unwrap()));
     assert!(c.cmd("DELE 1").await.starts_with("+OK"));
-    assert_eq!(c.cmd("QUIT").await, "+OK apopd signing off (1 messages deleted)");
+    assert_eq!(c.cmd("QUIT").await, "+OK apopd signing off (1 message deleted)");
     assert_eq!(server.fixture.message_files("bob").len(), 1);
 }
 

@@ -217,7 +217,7 @@ async fn a_message_renamed_by_another_process_is_still_served_and_deleted() {
     assert_eq!(c.body().await, third);
     assert_eq!(c.cmd("UIDL 3").await, "+OK 3 1700007200.M300P1000.demo");
     assert_eq!(c.cmd("DELE 3").await, "+OK message 3 marked for deletion");
-    assert_eq!(c.cmd("QUIT").await, "+OK apopd signing off (1 messages deleted)");
+    assert_eq!(c.cmd("QUIT").await, "+OK apopd signing off (1 message deleted)");
     assert!(c.closed().await);
     assert!(!seen.exists());
     assert_eq!(server.fixture.message_files("alice").len(), 4);

@@ -47,7 +47,7 @@ impl Authenticator {
             table: RwLock::new(Arc::new(Table::default())),
             hashing: Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())),
             dummy_hash: password::hash(b"apopd dummy password")
-                .map_err(|e| FileError::Io { path: "(dummy hash)".into(), source: std::io::Error::other(e) })?,
+                .map_err(|e| FileError::Io { path: "(dummy hash)".into(), cause: std::io::Error::other(e) })?,
         };
         let table = auth.read_table()?;
         *auth.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use crate::store::is_valid_user_name;
@@ -20,8 +20,8 @@ pub type Entries = BTreeMap<String, String>;
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
     /// It could not be read or written.
-    #[error("{path}: {source}")]
-    Io { path: String, source: io::Error },
+    #[error("{path}: {cause}")]
+    Io { path: String, cause: io::Error },
     /// Group or others may read it.
     #[error("{path}: mode {mode:o} lets group or others read it; run `chmod 600 {path}`")]
     TooOpen { path: String, mode: u32 },
@@ -31,7 +31,7 @@ pub enum FileError {
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> FileError + '_ {
-    move |source| FileError::Io { path: path.display().to_string(), source }
+    move |cause| FileError::Io { path: path.display().to_string(), cause }
 }
 
 /// Read a `name:value` file; a missing file is an empty one when `missing_ok`.
@@ -72,6 +72,10 @@ pub fn write_entries(path: &Path, entries: &Entries) -> Result<(), FileError> {
         let mut file: File = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
         // An existing temp file keeps its mode under O_CREAT: force it.
         file.set_permissions(fs::Permissions::from_mode(0o600))?;
+        // Keep the owner: `apopd user add` run as root must not take the file from the server's user.
+        if let Ok(old) = fs::metadata(path) {
+            std::os::unix::fs::fchown(&file, Some(old.uid()), Some(old.gid()))?;
+        }
         for (name, value) in entries {
             writeln!(file, "{name}:{value}")?;
         }
@@ -81,7 +85,7 @@ pub fn write_entries(path: &Path, entries: &Entries) -> Result<(), FileError> {
     };
     write().map_err(|e| {
         let _ = fs::remove_file(&tmp);
-        FileError::Io { path: path.display().to_string(), source: e }
+        FileError::Io { path: path.display().to_string(), cause: e }
     })
 }
 

@@ -37,6 +37,11 @@ fn status(indicator: &str, text: &str) -> Vec<u8> {
     line
 }
 
+/// `1 message`, `2 messages`: counts in replies read as English.
+pub fn count(n: usize, noun: &str) -> String {
+    if n == 1 { format!("1 {noun}") } else { format!("{n} {noun}s") }
+}
+
 /// A complete multi-line response: status line, `lines` (each ending CRLF, stuffed), terminator.
 pub fn multi_line<I, S>(first: &str, lines: I) -> Vec<u8>
 where

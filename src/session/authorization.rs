@@ -6,7 +6,7 @@ use super::transaction::Transaction;
 use super::{Context, Outcome};
 use crate::auth::sasl::{self, Exchange, Mechanism, Step};
 use crate::protocol::Command;
-use crate::protocol::response::{err, multi_line, ok};
+use crate::protocol::response::{count as count_of, err, multi_line, ok};
 use crate::store::{Mailbox, OpenError};
 
 /// The one answer to every failed login: unknown user and wrong password look the same.
@@ -192,7 +192,7 @@ async fn login(cx: &Context, user: String, accepted: bool, method: &str) -> Outc
             let transaction = Transaction::new(mailbox);
             let (count, octets) = transaction.totals();
             tracing::info!(method, count, octets, "logged in");
-            let reply = ok(&format!("{user}'s maildrop has {count} messages ({octets} octets)"));
+            let reply = ok(&format!("{user}'s maildrop has {} ({octets} octets)", count_of(count, "message")));
             Outcome::Enter(Box::new(transaction), reply)
         }
         Ok(Err(OpenError::InUse)) => {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::Outcome;
 use crate::protocol::Command;
-use crate::protocol::response::{err, multi_line, ok};
+use crate::protocol::response::{count as count_of, err, multi_line, ok};
 use crate::store::{Mailbox, Message, mailbox::open_message};
 
 /// An open mailbox and the DELE marks on it.
@@ -56,7 +56,7 @@ impl Transaction {
             Command::List(None) => {
                 let (count, octets) = self.totals();
                 let lines = self.live().map(|(n, m)| format!("{n} {}", m.size));
-                multi_line(&format!("{count} messages ({octets} octets)"), lines)
+                multi_line(&format!("{} ({octets} octets)", count_of(count, "message")), lines)
             }
             Command::List(Some(n)) => match self.index(n) {
                 Ok(i) => ok(&format!("{} {}", i + 1, self.mailbox.messages()[i].size)),
@@ -82,7 +82,7 @@ impl Transaction {
             Command::Rset => {
                 self.deleted.fill(false);
                 let (count, octets) = self.totals();
-                ok(&format!("maildrop has {count} messages ({octets} octets)"))
+                ok(&format!("maildrop has {} ({octets} octets)", count_of(count, "message")))
             }
             Command::Noop => ok(""),
             Command::Quit => return Outcome::Update,
@@ -130,7 +130,7 @@ impl Transaction {
         match removal {
             Ok(removal) if removal.failed.is_empty() => {
                 tracing::info!(deleted = removal.removed, "UPDATE done");
-                ok(&format!("apopd signing off ({} messages deleted)", removal.removed))
+                ok(&format!("apopd signing off ({} deleted)", count_of(removal.removed, "message")))
             }
             Ok(removal) => {
                 for failure in &removal.failed {

@@ -103,7 +103,7 @@ impl TestServer {
     }
 
     pub async fn start_on(fixture: Fixture) -> Self {
-        let server = Server::bind(fixture.config()).await.expect("bind");
+        let server = Server::bind(fixture.config()).expect("bind");
         let addrs = server.local_addrs();
         let addr = addrs.iter().find(|(_, k)| *k == Kind::Plain).expect("plain listener").0;
         let tls_addr = addrs.iter().find(|(_, k)| *k == Kind::Tls).map(|(a, _)| *a);

@@ -1,0 +1,41 @@
+//! systemd integration: socket activation (`LISTEN_FDS`) and readiness (`sd_notify`).
+
+use std::net::TcpListener;
+use std::os::fd::{FromRawFd, RawFd};
+
+use anyhow::Context;
+
+use crate::server::Kind;
+
+/// The `FileDescriptorName=` that marks an inherited socket as implicit TLS.
+pub const TLS_FD_NAME: &str = "pop3s";
+
+/// Listening sockets passed by systemd, if any, with their kind (named `pop3s` → TLS).
+pub fn inherited_listeners() -> anyhow::Result<Vec<(TcpListener, Kind)>> {
+    let fds: Vec<(RawFd, String)> =
+        sd_notify::listen_fds_with_names().context("cannot read LISTEN_FDS from systemd")?.collect();
+    let mut listeners = Vec::with_capacity(fds.len());
+    for (fd, name) in fds {
+        // SAFETY: systemd passed these descriptors to this process (LISTEN_PID checked by
+        // sd_notify); nothing else in the process owns them.
+        let listener = unsafe { TcpListener::from_raw_fd(fd) };
+        listener.set_nonblocking(true).context("inherited socket")?;
+        let kind = if name == TLS_FD_NAME { Kind::Tls } else { Kind::Plain };
+        listeners.push((listener, kind));
+    }
+    Ok(listeners)
+}
+
+/// Tell systemd we are ready (no-op outside systemd).
+pub fn ready() {
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!("sd_notify READY failed: {e}");
+    }
+}
+
+/// Tell systemd we are stopping (no-op outside systemd).
+pub fn stopping() {
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Stopping]) {
+        tracing::warn!("sd_notify STOPPING failed: {e}");
+    }
+}
