@@ -148,6 +148,7 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             Kind::Tls => eprintln!("apopd: POP3S on {addr}"),
         }
     }
+    eprintln!("apopd: ready");
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
         tokio::spawn(reload_tls_on_hangup(server.shared()));

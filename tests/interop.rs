@@ -588,3 +588,109 @@ fn fetchmail_apop_without_keep_deletes() {
     assert_same_messages("fetchmail (APOP)", &got, &expected);
     assert!(fixture.message_files("alice").is_empty(), "no keep: fetchmail deleted every message");
 }
+
+// ---------------------------------------------------------------------------------------------
+// TLS: openssl s_client, curl pop3s:// and --ssl-reqd, mpop and fetchmail with the demo CA
+
+fn demo_ca() -> std::path::PathBuf {
+    Path::new(FIXTURES).join("tls/ca.pem")
+}
+
+/// A server child with STLS on its plain port and POP3S on another.
+fn tls_server() -> (Fixture, ServerProcess) {
+    let fixture = Fixture::new(TLS_CONFIG);
+    let server = ServerProcess::spawn(&fixture.config_path);
+    assert!(server.tls_addr.is_some());
+    (fixture, server)
+}
+
+#[test]
+fn openssl_s_client_starttls_session() {
+    require("openssl", "openssl");
+    let (_fixture, server) = tls_server();
+    let home = tempfile::tempdir().unwrap();
+    let mut cmd = bounded("openssl", home.path());
+    cmd.args(["s_client", "-quiet", "-crlf", "-verify_return_error", "-starttls", "pop3", "-connect"])
+        .arg(server.addr.to_string())
+        .arg("-CAfile")
+        .arg(demo_ca())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(b"CAPA\nUSER alice\nPASS wonderland\nSTAT\nQUIT\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (show(&out.stdout), show(&out.stderr));
+    assert!(stdout.contains("\nSASL PLAIN LOGIN\r\n"), "{stdout}");
+    assert!(!stdout.contains("\nSTLS\r\n"), "STLS is not offered again after the handshake: {stdout}");
+    assert!(stdout.contains("+OK alice's maildrop has 5 messages (3038 octets)"), "{stdout}");
+    assert!(stdout.contains("+OK 5 3038"), "{stdout}");
+    assert!(stdout.contains("+OK apopd signing off (0 messages deleted)"), "{stdout}");
+    // OpenSSL 3 complains about a close without close_notify.
+    assert!(!stderr.to_lowercase().contains("unexpected eof"), "{stderr}");
+    assert!(out.status.success(), "{stderr}");
+}
+
+#[test]
+fn curl_pop3s_and_ssl_reqd_retrieve_every_message() {
+    require("curl", "curl");
+    let (fixture, server) = tls_server();
+    let home = tempfile::tempdir().unwrap();
+    let ca = demo_ca();
+    let ca = ca.to_str().unwrap();
+    let tls_port = server.tls_addr.unwrap().port();
+    for (i, file) in files_of(&fixture, "alice").iter().enumerate() {
+        // The certificate is for "localhost": name it so, or verification fails.
+        let pop3s = format!("pop3s://localhost:{tls_port}/{}", i + 1);
+        let out = curl(home.path(), &pop3s, &format!("alice:{ALICE_PASSWORD}"), &["--cacert", ca]);
+        assert!(out.status.success(), "{}", show(&out.stderr));
+        assert_eq!(out.stdout, crlf(file), "pop3s RETR {}", i + 1);
+        let stls = format!("pop3://localhost:{}/{}", server.addr.port(), i + 1);
+        let out = curl(home.path(), &stls, &format!("alice:{ALICE_PASSWORD}"), &["--ssl-reqd", "--cacert", ca]);
+        assert!(out.status.success(), "{}", show(&out.stderr));
+        assert_eq!(out.stdout, crlf(file), "STLS RETR {}", i + 1);
+    }
+    // Without the demo CA, verification fails: the TLS is real.
+    let out = curl(home.path(), &format!("pop3s://localhost:{tls_port}/1"), "alice:wonderland", &[]);
+    assert!(!out.status.success());
+}
+
+#[test]
+fn mpop_over_stls_and_pop3s_with_the_demo_ca() {
+    let (fixture, server) = tls_server();
+    let home = tempfile::tempdir().unwrap();
+    let expected: Vec<Vec<u8>> = files_of(&fixture, "bob").iter().map(|f| expected_lf(f)).collect();
+    let ca = demo_ca();
+    for (name, addr, starttls) in [("stls", server.addr, "on"), ("pop3s", server.tls_addr.unwrap(), "off")] {
+        let maildir = home.path().join(format!("md-{name}"));
+        let account =
+            mpop_account(addr, "bob", "user", BOB_PASSWORD, &maildir, &home.path().join(format!("uidls-{name}")), true)
+                .replace(&format!("host {}", addr.ip()), "host localhost");
+        let rc = home.path().join(format!("mpoprc-{name}"));
+        let defaults = format!(
+            "defaults\ntls on\ntls_starttls {starttls}\ntls_trust_file {}\nreceived_header off\ntimeout 30\n\n",
+            ca.display()
+        );
+        write_private(&rc, &format!("{defaults}{account}"));
+        run_mpop(home.path(), &rc);
+        let got: Vec<Vec<u8>> = read_all_files(&maildir.join("new")).iter().map(|m| to_lf(m)).collect();
+        assert_same_messages(&format!("mpop over {name}"), &got, &expected);
+    }
+}
+
+#[test]
+fn fetchmail_over_pop3s_with_certificate_check() {
+    let (fixture, server) = tls_server();
+    let home = tempfile::tempdir().unwrap();
+    let out_dir = home.path().join("out");
+    let mda = mda(home.path());
+    let poll = format!("poll localhost protocol pop3 port {} auth password", server.tls_addr.unwrap().port());
+    let user = fetchmail_user("alice", ALICE_PASSWORD, &mda, &out_dir, true)
+        .replace("sslproto \"\"", &format!("ssl sslcertck sslcertfile \"{}\"", demo_ca().display()));
+    let out = run_fetchmail(home.path(), &poll, &[user]);
+    let log = show(&out.stderr) + &show(&out.stdout);
+    assert!(log.contains("SSL") || log.contains("TLS"), "{log}");
+    let got: Vec<Vec<u8>> = read_all_files(&out_dir).iter().map(|m| to_lf(m)).collect();
+    let expected: Vec<Vec<u8>> = files_of(&fixture, "alice").iter().map(|f| expected_lf(f)).collect();
+    assert_same_messages("fetchmail over pop3s", &got, &expected);
+}

@@ -322,7 +322,10 @@ pub fn crlf(bytes: &[u8]) -> Vec<u8> {
 /// A separate `apopd serve` process on `config`; killed on drop.
 pub struct ServerProcess {
     pub child: Child,
+    /// The first plain POP3 listener.
     pub addr: SocketAddr,
+    /// The first POP3S listener, if any.
+    pub tls_addr: Option<SocketAddr>,
 }
 
 impl ServerProcess {
@@ -338,15 +341,20 @@ impl ServerProcess {
             .expect("spawn apopd");
         let stderr = child.stderr.take().expect("stderr");
         let mut lines = StdBufReader::new(stderr).lines();
-        let addr = loop {
+        let (mut addr, mut tls_addr) = (None, None);
+        loop {
             let line = lines.next().expect("apopd exited before listening").expect("read stderr");
-            if let Some(addr) = line.strip_prefix("apopd: POP3 on ") {
-                break addr.parse().expect("address");
+            if let Some(a) = line.strip_prefix("apopd: POP3 on ") {
+                addr = addr.or(Some(a.parse().expect("address")));
+            } else if let Some(a) = line.strip_prefix("apopd: POP3S on ") {
+                tls_addr = tls_addr.or(Some(a.parse().expect("address")));
+            } else if line == "apopd: ready" {
+                break;
             }
-        };
+        }
         // Keep draining stderr so the child never blocks on a full pipe.
         std::thread::spawn(move || lines.for_each(drop));
-        ServerProcess { child, addr }
+        ServerProcess { child, addr: addr.expect("a plain listener"), tls_addr }
     }
 }
 
