@@ -216,7 +216,7 @@ fn deliver(user: &str, config: &Path) -> ExitCode {
             }
         }
     }
-    match store::deliver::deliver(&dir, &mut std::io::stdin().lock()) {
+    match store::deliver::deliver(&dir, &config.hostname, &mut std::io::stdin().lock()) {
         Ok(id) => {
             tracing::info!(user = ?user, id, "delivered");
             ExitCode::SUCCESS

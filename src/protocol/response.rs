@@ -3,8 +3,8 @@
 //! [`BodyEncoder`] turns message bytes, fed in arbitrary chunks, into what goes on the wire:
 //! every line ending becomes CRLF, a line starting with `.` gets one more `.` in front
 //! (byte-stuffing), an unterminated last line is terminated, and `TOP` stops after the
-//! headers plus n body lines. The same state machine, with stuffing off, measures a
-//! message's octet count, so the size LIST reports is the size RETR sends.
+//! headers plus n body lines. [`WireSize`] counts the same octets without producing them,
+//! so the size LIST reports is the size RETR sends (a property test holds them together).
 
 use memchr::memchr;
 
@@ -61,7 +61,6 @@ where
 /// Encodes a message body for the wire, chunk by chunk; see the module docs.
 #[derive(Debug, Clone)]
 pub struct BodyEncoder {
-    stuff: bool,
     /// For TOP: how many body lines may still be sent; `None` sends everything.
     body_lines_left: Option<u64>,
     in_headers: bool,
@@ -76,7 +75,6 @@ impl BodyEncoder {
     /// An encoder that byte-stuffs; `top` limits the body to that many lines (TOP).
     pub fn new(top: Option<u64>) -> Self {
         BodyEncoder {
-            stuff: true,
             body_lines_left: top,
             in_headers: true,
             at_line_start: true,
@@ -84,11 +82,6 @@ impl BodyEncoder {
             line_len: 0,
             done: false,
         }
-    }
-
-    /// An encoder that does not stuff: its output length is the message's POP3 octet count.
-    pub fn measuring() -> Self {
-        BodyEncoder { stuff: false, ..Self::new(None) }
     }
 
     /// True once TOP's line budget is spent: further input would be ignored.
@@ -99,7 +92,7 @@ impl BodyEncoder {
     /// Encode `input` onto `out`.
     pub fn push(&mut self, mut input: &[u8], out: &mut Vec<u8>) {
         while !input.is_empty() && !self.done {
-            if self.at_line_start && self.stuff && input[0] == b'.' {
+            if self.at_line_start && input[0] == b'.' {
                 out.push(b'.');
             }
             match memchr(b'\n', input) {
@@ -138,25 +131,53 @@ impl BodyEncoder {
         }
     }
 
-    /// Terminate an unfinished last line and, when stuffing, append the `.` CRLF terminator.
-    pub fn finish(mut self, out: &mut Vec<u8>) {
+    /// Terminate an unfinished last line and append the `.` CRLF terminator.
+    pub fn finish(self, out: &mut Vec<u8>) {
         if !self.at_line_start && !self.done {
             out.extend_from_slice(if self.prev_cr { b"\n" } else { b"\r\n" });
-            self.at_line_start = true;
         }
-        if self.stuff {
-            out.extend_from_slice(TERMINATOR);
-        }
+        out.extend_from_slice(TERMINATOR);
     }
 }
 
-/// The POP3 octet count of a whole message held in memory (tests and small inputs).
+/// Counts a message's POP3 octets (CRLF line endings, final line terminated, no stuffing)
+/// chunk by chunk, without producing output: what LIST and STAT report.
+#[derive(Debug, Default, Clone)]
+pub struct WireSize {
+    total: u64,
+    last: Option<u8>,
+}
+
+impl WireSize {
+    /// Count `chunk`.
+    pub fn push(&mut self, chunk: &[u8]) {
+        let Some(&last) = chunk.last() else { return };
+        self.total += chunk.len() as u64;
+        for i in memchr::memchr_iter(b'\n', chunk) {
+            let before = if i == 0 { self.last } else { Some(chunk[i - 1]) };
+            if before != Some(b'\r') {
+                self.total += 1; // a bare LF goes out as CRLF
+            }
+        }
+        self.last = Some(last);
+    }
+
+    /// The total, counting the line ending added to an unterminated last line.
+    pub fn finish(&self) -> u64 {
+        self.total
+            + match self.last {
+                None | Some(b'\n') => 0,
+                Some(b'\r') => 1,
+                Some(_) => 2,
+            }
+    }
+}
+
+/// The POP3 octet count of a whole message held in memory.
 pub fn wire_size(message: &[u8]) -> u64 {
-    let mut out = Vec::with_capacity(message.len() + 64);
-    let mut enc = BodyEncoder::measuring();
-    enc.push(message, &mut out);
-    enc.finish(&mut out);
-    out.len() as u64
+    let mut size = WireSize::default();
+    size.push(message);
+    size.finish()
 }
 
 #[cfg(test)]
@@ -248,8 +269,11 @@ mod tests {
         }
 
         #[test]
-        fn size_is_what_retr_sends_before_stuffing(msg in message()) {
+        fn size_is_what_retr_sends_before_stuffing(msg in message(), chunk in 1usize..16) {
             prop_assert_eq!(wire_size(&msg), crlf(&msg).len() as u64);
+            let mut size = WireSize::default();
+            msg.chunks(chunk).for_each(|c| size.push(c));
+            prop_assert_eq!(size.finish(), crlf(&msg).len() as u64);
         }
 
         #[test]

@@ -1,24 +1,77 @@
 //! Safe delivery into a maildir: write into `tmp/`, fsync, rename into `new/`.
 //!
-//! The maildir crate does exactly this dance (and unlinks the temporary file if anything
-//! fails), so a message is either wholly in `new/` or not there at all.
+//! The name carries Dovecot-style `,S=<file size>,W=<POP3 size>` fields, so a scan knows
+//! every delivered message's size without reading it. (The maildir crate does the same dance
+//! but chooses names without `,W=`, and adding it by a second rename would change the UIDL
+//! of a message a session may already have seen.) A failure at any point removes the
+//! temporary file: a message is either wholly in `new/` or not there at all.
 
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use maildir::Maildir;
+use crate::protocol::response::WireSize;
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Removes the temporary file unless delivery completed.
+struct TmpFile(Option<PathBuf>);
+
+impl Drop for TmpFile {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
+/// A host name safe inside a maildir name (`/` and `:` escaped as the maildir spec says).
+fn name_safe(host: &str) -> String {
+    host.replace('/', "\\057").replace(':', "\\072")
+}
 
 /// Store the message read from `input` in the maildir at `dir`; returns its file name in `new/`.
-pub fn deliver(dir: &Path, input: &mut impl Read) -> io::Result<String> {
-    let maildir = Maildir::from(dir.to_path_buf());
-    maildir.create_dirs()?;
-    let mut tmp = maildir.open_file_in_tmp().map_err(io::Error::other)?;
-    io::copy(input, &mut tmp)?;
-    tmp.flush()?;
-    let id = maildir.move_tmp_to_new(tmp).map_err(io::Error::other)?;
+pub fn deliver(dir: &Path, host: &str, input: &mut impl Read) -> io::Result<String> {
+    for sub in ["cur", "new", "tmp"] {
+        fs::create_dir_all(dir.join(sub))?;
+    }
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let unique = format!(
+        "{}.M{}P{}Q{}.{}",
+        now.as_secs(),
+        now.subsec_micros(),
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        name_safe(host)
+    );
+    let tmp_path = dir.join("tmp").join(&unique);
+    let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp_path)?;
+    let mut tmp = TmpFile(Some(tmp_path.clone()));
+
+    let (mut size, mut wire) = (0u64, WireSize::default());
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        file.write_all(&buf[..n])?;
+        size += n as u64;
+        wire.push(&buf[..n]);
+    }
+    file.sync_all()?;
+    drop(file);
+
+    let name = format!("{unique},S={size},W={}", wire.finish());
+    fs::rename(&tmp_path, dir.join("new").join(&name))?;
+    tmp.0 = None;
     // Make the rename itself durable before telling the MTA the mail is safe.
-    std::fs::File::open(dir.join("new"))?.sync_all()?;
-    Ok(id)
+    File::open(dir.join("new"))?.sync_all()?;
+    Ok(name)
 }
 
 #[cfg(test)]
@@ -26,10 +79,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn delivered_mail_lands_whole_in_new() {
+    fn delivered_mail_lands_whole_in_new_with_sizes_in_its_name() {
         let dir = tempfile::tempdir().unwrap();
-        let id = deliver(dir.path(), &mut &b"Subject: hi\n\nthere\n"[..]).unwrap();
-        assert_eq!(std::fs::read(dir.path().join("new").join(&id)).unwrap(), b"Subject: hi\n\nthere\n");
-        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        let message = b"Subject: hi\n\nthere\n";
+        let name = deliver(dir.path(), "mail.example", &mut &message[..]).unwrap();
+        assert!(name.ends_with(".mail.example,S=19,W=22"), "{name}");
+        assert_eq!(fs::read(dir.path().join("new").join(&name)).unwrap(), message);
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn names_are_unique_and_safe() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = deliver(dir.path(), "odd/host:name", &mut &b"a"[..]).unwrap();
+        let b = deliver(dir.path(), "odd/host:name", &mut &b"a"[..]).unwrap();
+        assert_ne!(a, b);
+        assert!(!a.contains('/') && !a.contains(':'), "{a}");
+    }
+
+    #[test]
+    fn a_failed_read_leaves_nothing_behind() {
+        struct Failing(usize);
+        impl Read for Failing {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                if self.0 == 0 {
+                    return Err(io::Error::other("input broke"));
+                }
+                self.0 -= 1;
+                buf[0] = b'x';
+                Ok(1)
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        assert!(deliver(dir.path(), "h", &mut Failing(3)).is_err());
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(dir.path().join("new")).unwrap().count(), 0);
     }
 }

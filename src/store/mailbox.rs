@@ -6,9 +6,10 @@ use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use crate::protocol::response::BodyEncoder;
+use crate::protocol::response::WireSize;
 
 use super::lock::{LockError, MailboxLock};
+use super::size_cache::SizeCache;
 use super::uidl::{base_name, uidl_of};
 
 /// The maildir subdirectories messages are served from, in numbering order.
@@ -167,12 +168,13 @@ fn scan(dir: &Path) -> Result<Vec<Message>, String> {
     // Oldest first: maildir names start with the delivery time in seconds.
     found.sort();
 
+    let mut cache = SizeCache::load(dir);
     let mut messages = Vec::with_capacity(found.len());
     for (_, name, sub) in found {
         let relative_path = Path::new(sub).join(&name);
         let size = match size_from_name(name.as_bytes()) {
             Some(size) => size,
-            None => match measure(&dir.join(&relative_path)) {
+            None => match cached_or_measured(&dir.join(&relative_path), base_name(name.as_bytes()), &mut cache) {
                 Ok(Some(size)) => size,
                 Ok(None) => continue, // not a regular file
                 Err(e) => {
@@ -185,7 +187,36 @@ fn scan(dir: &Path) -> Result<Vec<Message>, String> {
         let uidl = uidl_of(name.as_bytes());
         messages.push(Message { relative_path, size, uidl });
     }
+    let live: std::collections::HashSet<&[u8]> =
+        messages.iter().filter_map(|m| m.relative_path.file_name()).map(|n| base_name(n.as_bytes())).collect();
+    cache.save(dir, &|base| live.contains(base));
     Ok(messages)
+}
+
+/// The POP3 size of the file at `path`: from the cache when its length still matches, else
+/// counted by reading it once. `None` when it is not a regular file.
+fn cached_or_measured(path: &Path, base: &[u8], cache: &mut SizeCache) -> io::Result<Option<u64>> {
+    let metadata = fs::metadata(path)?;
+    if !metadata.is_file() {
+        return Ok(None);
+    }
+    if let Some(size) = cache.get(base, metadata.len()) {
+        return Ok(Some(size));
+    }
+    let mut file = File::open(path)?;
+    let mut size = WireSize::default();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut len = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        len += n as u64;
+        size.push(&buf[..n]);
+    }
+    cache.insert(base, len, size.finish());
+    Ok(Some(size.finish()))
 }
 
 /// The leading decimal number of a maildir name (its delivery time), for ordering.
@@ -201,30 +232,6 @@ fn size_from_name(name: &[u8]) -> Option<u64> {
     let at = memchr::memmem::find(base, b",W=")?;
     let digits: Vec<u8> = base[at + 3..].iter().copied().take_while(u8::is_ascii_digit).collect();
     String::from_utf8(digits).ok()?.parse().ok()
-}
-
-/// Count a file's POP3 octets by reading it once; `None` when it is not a regular file.
-fn measure(path: &Path) -> io::Result<Option<u64>> {
-    let mut file = File::open(path)?;
-    if !file.metadata()?.is_file() {
-        return Ok(None);
-    }
-    let mut encoder = BodyEncoder::measuring();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut out = Vec::with_capacity(buf.len() * 2);
-    let mut total = 0u64;
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        out.clear();
-        encoder.push(&buf[..n], &mut out);
-        total += out.len() as u64;
-    }
-    out.clear();
-    encoder.finish(&mut out);
-    Ok(Some(total + out.len() as u64))
 }
 
 #[cfg(test)]
@@ -265,6 +272,20 @@ mod tests {
         assert_eq!(size_from_name(b"1.M2P3.host,S=100:2,W=5"), None);
         let dir = maildir_with(&[("new/1.x,S=3,W=7", b"abc")]);
         assert_eq!(Mailbox::open(dir.path()).unwrap().messages()[0].size, 7);
+    }
+
+    #[test]
+    fn measured_sizes_are_cached_and_revalidated() {
+        let dir = maildir_with(&[("new/1.a.host", b"a\nb\n"), ("cur/2.b.host:2,S", b"c\n")]);
+        let first: Vec<u64> = Mailbox::open(dir.path()).unwrap().messages().iter().map(|m| m.size).collect();
+        assert_eq!(first, vec![6, 3]);
+        let cache = fs::read_to_string(dir.path().join(super::super::size_cache::CACHE_FILE)).unwrap();
+        assert!(cache.contains("4 6 1.a.host\n") && cache.contains("2 3 2.b.host\n"), "{cache}");
+        // A cached size is served without reading the file, as long as the length matches.
+        fs::write(dir.path().join(super::super::size_cache::CACHE_FILE), "apopd-sizes 1\n4 99 1.a.host\n").unwrap();
+        assert_eq!(Mailbox::open(dir.path()).unwrap().messages()[0].size, 99);
+        fs::write(dir.path().join("new/1.a.host"), b"a\nbc\n").unwrap();
+        assert_eq!(Mailbox::open(dir.path()).unwrap().messages()[0].size, 7, "length changed: measured again");
     }
 
     #[test]

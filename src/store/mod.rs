@@ -3,6 +3,7 @@
 pub mod deliver;
 pub mod lock;
 pub mod mailbox;
+pub mod size_cache;
 pub mod uidl;
 pub mod user_path;
 
