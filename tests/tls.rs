@@ -19,8 +19,10 @@ async fn stls_then_login_and_capa_reflects_the_new_state() {
     assert!(!caps(&after).contains(&"STLS"), "{after:?}");
     assert!(caps(&after).contains(&"USER"));
     assert!(caps(&after).contains(&"SASL PLAIN LOGIN"), "{after:?}");
-    // No new greeting after the handshake: the next line answers our command.
-    assert!(c.login("alice", ALICE_PASSWORD).await.starts_with("+OK alice's maildrop has 5 messages"));
+    // No new greeting after the handshake: the next line answers our command. Thunderbird
+    // logs in with AUTH PLAIN here.
+    let plain = "AUTH PLAIN AGFsaWNlAHdvbmRlcmxhbmQ="; // \0alice\0wonderland
+    assert!(c.cmd(plain).await.starts_with("+OK alice's maildrop has 5 messages"));
     let (_, uidls) = c.multi("UIDL").await;
     assert_eq!(uidls.len(), 5);
     assert_eq!(c.cmd("RETR 1").await, "+OK 508 octets");
@@ -142,4 +144,70 @@ async fn untrusted_client_may_use_plaintext_after_stls() {
     let (_, capa) = c.multi("CAPA").await;
     assert!(caps(&capa).contains(&"USER"));
     assert!(c.login("alice", ALICE_PASSWORD).await.starts_with("+OK"));
+}
+
+#[test]
+fn sighup_reloads_the_certificate_for_new_connections_only() {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    use std::process::Command;
+
+    let fixture = Fixture::new(TLS_CONFIG);
+    let server = ServerProcess::spawn(&fixture.config_path);
+    let tls_addr = server.tls_addr.unwrap();
+    // A second CA and a localhost certificate it signed, to reload into the server.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf_params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+    let new_cert = CertificateDer::from(leaf.der().to_vec());
+
+    // Trust both the demo CA and the new one.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_file(std::path::Path::new(FIXTURES).join("tls/ca.pem")).unwrap()).unwrap();
+    roots.add(CertificateDer::from(ca_cert.der().to_vec())).unwrap();
+    let config =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let connect = || async {
+        let tcp = tokio::net::TcpStream::connect(tls_addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        connector.connect(name, tcp).await.unwrap()
+    };
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let before = connect().await;
+        let old_leaf = before.get_ref().1.peer_certificates().unwrap()[0].clone();
+        let mut before = Client::start(before).await;
+        assert!(before.login("alice", ALICE_PASSWORD).await.starts_with("+OK"));
+
+        std::fs::write(fixture.dir.path().join("tls/cert.pem"), leaf.pem()).unwrap();
+        std::fs::write(fixture.dir.path().join("tls/key.pem"), leaf_key.serialize_pem()).unwrap();
+        assert!(Command::new("kill").args(["-HUP", &server.child.id().to_string()]).status().unwrap().success());
+
+        // New connections get the new certificate once the reload has happened (bounded wait).
+        let mut reloaded = false;
+        for _ in 0..100 {
+            let stream = connect().await;
+            if stream.get_ref().1.peer_certificates().unwrap()[0] == new_cert {
+                reloaded = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert!(reloaded, "SIGHUP did not switch the certificate");
+        assert_ne!(old_leaf, new_cert);
+        // The session opened before the reload goes on undisturbed.
+        assert_eq!(before.cmd("STAT").await, "+OK 5 3038");
+        assert!(before.cmd("QUIT").await.starts_with("+OK"));
+    });
 }
