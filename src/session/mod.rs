@@ -27,6 +27,12 @@ use transaction::Transaction;
 const MAX_ERRORS_IN_A_ROW: u32 = 20;
 /// RETR/TOP read and write unit.
 const STREAM_CHUNK: usize = 64 * 1024;
+/// Read buffer per session: commands are short, so a small buffer keeps idle sessions cheap
+/// (lines longer than the buffer are still assembled by the framing).
+const READ_BUFFER: usize = 1024;
+/// Write buffer per session: big enough for most multi-line replies in one write; RETR
+/// bodies bypass it in 64 KiB chunks.
+const WRITE_BUFFER: usize = 4096;
 /// Longest a TLS handshake may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest we wait to deliver the last reply and close_notify.
@@ -166,7 +172,11 @@ async fn run_on<S: AsyncRead + AsyncWrite + Unpin>(
     greet: bool,
 ) -> (std::io::Result<End>, Core, S) {
     let (reader, writer) = tokio::io::split(stream);
-    let mut session = Session { core, reader: BufReader::new(reader), writer: BufWriter::new(writer) };
+    let mut session = Session {
+        core,
+        reader: BufReader::with_capacity(READ_BUFFER, reader),
+        writer: BufWriter::with_capacity(WRITE_BUFFER, writer),
+    };
     let mut result = session.run(greet).await;
     if result.is_ok() {
         result = within(CLOSE_TIMEOUT, session.writer.flush()).await.and(result);
