@@ -100,7 +100,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
         Command::Serve { config } => serve(config),
         Command::CheckConfig { config } => {
-            let path = config.unwrap_or_else(|| Path::new(demo::DEMO_SOURCE).join(demo::DEMO_CONFIG));
+            let path = match config {
+                Some(path) => path,
+                None => default_config(false)?.0,
+            };
             let config = Config::load(&path)?;
             println!("{}", config.to_toml().trim_end());
             // Read the users files and the certificate too, as `serve` would.
@@ -121,15 +124,24 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The config `serve` and `check-config` use without --config: /etc/apopd/apopd.toml when it
+/// exists, else the bundled demo (its source copy for check-config, a fresh copy for serve).
+fn default_config(copy_demo: bool) -> anyhow::Result<(PathBuf, Option<PathBuf>)> {
+    if Path::new(DEFAULT_CONFIG).exists() {
+        return Ok((PathBuf::from(DEFAULT_CONFIG), None));
+    }
+    if !copy_demo {
+        return Ok((Path::new(demo::DEMO_SOURCE).join(demo::DEMO_CONFIG), None));
+    }
+    let dir = demo::prepare()?;
+    eprintln!("apopd: serving the demo from {} (a fresh copy of {})", dir.display(), demo::DEMO_SOURCE);
+    Ok((dir.join(demo::DEMO_CONFIG), Some(dir)))
+}
+
 fn serve(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let (path, demo_dir) = match config {
         Some(path) => (path, None),
-        None if Path::new(DEFAULT_CONFIG).exists() => (PathBuf::from(DEFAULT_CONFIG), None),
-        None => {
-            let dir = demo::prepare()?;
-            eprintln!("apopd: serving the demo from {} (a fresh copy of {})", dir.display(), demo::DEMO_SOURCE);
-            (dir.join(demo::DEMO_CONFIG), Some(dir))
-        }
+        None => default_config(true)?,
     };
     let config = Config::load(&path)?;
     let (run_as_user, run_as_group) = (config.run_as_user.clone(), config.run_as_group.clone());
@@ -238,7 +250,7 @@ fn user(action: UserAction) -> anyhow::Result<ExitCode> {
             for path in files(&config) {
                 let mut entries = users::read_entries(&path, true)?;
                 if entries.remove(&name).is_some() {
-                    users::write_entries(&path, &entries)?;
+                    users::write_entries(&path, &entries, &owned_like(&config))?;
                     found = true;
                 }
             }
@@ -271,6 +283,11 @@ fn user(action: UserAction) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Whose ownership a newly created users or secrets file takes: the other file's.
+fn owned_like(config: &Config) -> Vec<&Path> {
+    std::iter::once(config.users_file.as_path()).chain(config.apop_secrets_file.as_deref()).collect()
 }
 
 /// The users file and, when configured, the APOP secrets file.
@@ -310,9 +327,9 @@ fn set_credentials(name: &str, with_apop: bool, config: &Path, adding: bool) -> 
         _ => None,
     };
     hashes.insert(name.to_owned(), password::hash(password.as_bytes()).map_err(anyhow::Error::msg)?);
-    users::write_entries(&config.users_file, &hashes)?;
+    users::write_entries(&config.users_file, &hashes, &owned_like(&config))?;
     if let Some((path, secrets)) = secrets {
-        users::write_entries(&path, &secrets)?;
+        users::write_entries(&path, &secrets, &owned_like(&config))?;
     }
     println!("{} {name}", if adding { "added" } else { "updated" });
     Ok(ExitCode::SUCCESS)

@@ -212,17 +212,19 @@ fn bind_socket(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 }
 
 /// Re-read the TLS certificate and key on every SIGHUP; sessions already open keep theirs.
+/// Without TLS the signal is only acknowledged (the users files reload by themselves), so a
+/// `systemctl reload` never kills the server.
 pub async fn reload_tls_on_hangup(shared: Arc<Shared>) {
     use tokio::signal::unix::{SignalKind, signal};
-    let Some(tls) = shared.tls.as_ref() else { return };
     let mut hangups = match signal(SignalKind::hangup()) {
         Ok(hangups) => hangups,
         Err(e) => return tracing::error!("cannot watch SIGHUP: {e}"),
     };
     while hangups.recv().await.is_some() {
-        match tls.reload() {
-            Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
-            Err(e) => tracing::error!("SIGHUP: keeping the old TLS certificate: {e:#}"),
+        match shared.tls.as_ref().map(Tls::reload) {
+            None => tracing::info!("SIGHUP: no TLS configured; users files reload when they change"),
+            Some(Ok(())) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+            Some(Err(e)) => tracing::error!("SIGHUP: keeping the old TLS certificate: {e:#}"),
         }
     }
 }

@@ -82,7 +82,7 @@ fn add_user(fixture: &Fixture, name: &str, password: &[u8]) {
     let path = fixture.dir.path().join("users");
     let mut entries = users::read_entries(&path, false).unwrap();
     entries.insert(name.to_owned(), password::hash(password).unwrap());
-    users::write_entries(&path, &entries).unwrap();
+    users::write_entries(&path, &entries, &[]).unwrap();
     let stamp = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
     std::fs::File::options().write(true).open(&path).unwrap().set_modified(stamp).unwrap();
 }

@@ -62,8 +62,10 @@ pub fn read_entries(path: &Path, missing_ok: bool) -> Result<Entries, FileError>
     Ok(entries)
 }
 
-/// Replace the file at `path` with `entries`, atomically and with mode 0600.
-pub fn write_entries(path: &Path, entries: &Entries) -> Result<(), FileError> {
+/// Replace the file at `path` with `entries`, atomically and with mode 0600, owned like the
+/// file it replaces or, for a new file, like the first of `owned_like` that exists (so
+/// `apopd user …` run as root never hands the server's files to root).
+pub fn write_entries(path: &Path, entries: &Entries, owned_like: &[&Path]) -> Result<(), FileError> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(io_error(dir))?;
     let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -72,9 +74,9 @@ pub fn write_entries(path: &Path, entries: &Entries) -> Result<(), FileError> {
         let mut file: File = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
         // An existing temp file keeps its mode under O_CREAT: force it.
         file.set_permissions(fs::Permissions::from_mode(0o600))?;
-        // Keep the owner: `apopd user add` run as root must not take the file from the server's user.
-        if let Ok(old) = fs::metadata(path) {
-            std::os::unix::fs::fchown(&file, Some(old.uid()), Some(old.gid()))?;
+        if let Some(owner) = std::iter::once(path).chain(owned_like.iter().copied()).find_map(|p| fs::metadata(p).ok())
+        {
+            std::os::unix::fs::fchown(&file, Some(owner.uid()), Some(owner.gid()))?;
         }
         for (name, value) in entries {
             writeln!(file, "{name}:{value}")?;
@@ -99,7 +101,7 @@ mod tests {
         let path = dir.path().join("sub/users");
         let mut entries = Entries::new();
         entries.insert("alice".into(), "secret:with:colons".into());
-        write_entries(&path, &entries).unwrap();
+        write_entries(&path, &entries, &[]).unwrap();
         assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         assert_eq!(read_entries(&path, false).unwrap(), entries);
     }

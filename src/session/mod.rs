@@ -146,6 +146,7 @@ async fn start_tls<S: AsyncRead + AsyncWrite + Unpin>(mut core: Core, stream: S)
         Err(_) => return tracing::info!("STLS handshake timed out"),
     };
     tracing::info!("STLS: now encrypted");
+    tracing::Span::current().record("tls", true);
     core.context.secure = true;
     // Nothing said before the handshake counts afterwards (a USER given before STLS is forgotten).
     core.state = State::Authorization(Default::default());
@@ -293,7 +294,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
         let command = match command::parse(line) {
             Ok(command) => command,
             Err(e) => {
-                tracing::debug!(line = ?String::from_utf8_lossy(line), "bad command: {e}");
+                // Only the first word: a password typed on a line of its own must not be logged.
+                let word = line.split(|&b| b == b' ').next().unwrap_or_default();
+                tracing::debug!(keyword = ?String::from_utf8_lossy(&word[..word.len().min(8)]), "bad command: {e}");
                 return Outcome::Reply(response::err(&e.to_string()));
             }
         };
