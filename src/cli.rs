@@ -195,6 +195,14 @@ async fn shutdown_signal() {
 
 /// `apopd deliver`: exit codes follow sysexits.h so an MTA retries or bounces correctly.
 fn deliver(user: &str, config: &Path) -> ExitCode {
+    // Over a file-size limit, a write should fail (EFBIG: clean up, exit 75), not kill us
+    // mid-message with SIGXFSZ and leave a partial file in tmp/.
+    // SAFETY: SIG_IGN installs no handler code; nothing else here uses SIGXFSZ.
+    if let Err(e) =
+        unsafe { nix::sys::signal::signal(nix::sys::signal::Signal::SIGXFSZ, nix::sys::signal::SigHandler::SigIgn) }
+    {
+        eprintln!("apopd deliver: cannot ignore SIGXFSZ: {e}");
+    }
     let config = match Config::load(config) {
         Ok(config) => config,
         Err(e) => {

@@ -126,13 +126,18 @@ fn remove_one(dir: &Path, message: &Message) -> io::Result<()> {
 ///
 /// Blocking: call it from a blocking task.
 pub fn open_message(dir: &Path, message: &Message) -> io::Result<File> {
-    match File::open(dir.join(&message.relative_path)) {
+    let file = match File::open(dir.join(&message.relative_path)) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => match locate(dir, message)? {
-            Some(path) => File::open(path),
-            None => Err(e),
+            Some(path) => File::open(path)?,
+            None => return Err(e),
         },
-        other => other,
+        other => other?,
+    };
+    // A directory opens fine and fails only at the first read, after +OK went out.
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::other("not a regular file"));
     }
+    Ok(file)
 }
 
 /// Find the current path of `message` by its base name in `cur/` and `new/`.

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 
 use apopd::config::Config;
 use apopd::server::{Kind, Server, Shared};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
@@ -160,6 +160,14 @@ pub fn session_from(fixture: &Fixture, peer: &str) -> tokio::io::DuplexStream {
     let peer: SocketAddr = peer.parse().expect("peer address");
     tokio::spawn(apopd::session::serve(server, peer, shared, false));
     client
+}
+
+/// A TCP connection to `addr` from the local loopback address `local_ip` (any 127.x.y.z works
+/// on Linux): how tests get a second client address.
+pub async fn connect_from(addr: SocketAddr, local_ip: &str) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind(SocketAddr::new(local_ip.parse().expect("local ip"), 0)).expect("bind a loopback address");
+    socket.connect(addr).await.expect("connect")
 }
 
 impl Drop for TestServer {
@@ -326,6 +334,8 @@ pub struct ServerProcess {
     pub addr: SocketAddr,
     /// The first POP3S listener, if any.
     pub tls_addr: Option<SocketAddr>,
+    /// Every line the process wrote to stderr so far (its log, `RUST_LOG=warn`).
+    pub log: Arc<Mutex<Vec<String>>>,
 }
 
 impl ServerProcess {
@@ -341,9 +351,11 @@ impl ServerProcess {
             .expect("spawn apopd");
         let stderr = child.stderr.take().expect("stderr");
         let mut lines = StdBufReader::new(stderr).lines();
+        let log = Arc::new(Mutex::new(Vec::new()));
         let (mut addr, mut tls_addr) = (None, None);
         loop {
             let line = lines.next().expect("apopd exited before listening").expect("read stderr");
+            log.lock().unwrap().push(line.clone());
             if let Some(a) = line.strip_prefix("apopd: POP3 on ") {
                 addr = addr.or(Some(a.parse().expect("address")));
             } else if let Some(a) = line.strip_prefix("apopd: POP3S on ") {
@@ -352,9 +364,53 @@ impl ServerProcess {
                 break;
             }
         }
-        // Keep draining stderr so the child never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
-        ServerProcess { child, addr: addr.expect("a plain listener"), tls_addr }
+        // Keep draining stderr so the child never blocks on a full pipe; keep what it says.
+        let kept = log.clone();
+        std::thread::spawn(move || lines.map_while(Result::ok).for_each(|line| kept.lock().unwrap().push(line)));
+        ServerProcess { child, addr: addr.expect("a plain listener"), tls_addr, log }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Send a signal by name (`TERM`, `INT`, `KILL`…) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let status =
+            Command::new("kill").arg(format!("-{name}")).arg(self.pid().to_string()).status().expect("run kill");
+        assert!(status.success(), "kill -{name} {} failed", self.pid());
+    }
+
+    /// Wait (polling `try_wait`) up to `limit` for the process to exit; `None` if it is still running.
+    pub fn wait_exit(&mut self, limit: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    /// The log lines so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Wait (bounded, 10 s) until at least `count` log lines contain `needle`; returns those lines.
+    pub fn wait_for_log(&self, needle: &str, count: usize) -> Vec<String> {
+        for _ in 0..1000 {
+            let found: Vec<String> = self.log_lines().into_iter().filter(|l| l.contains(needle)).collect();
+            if found.len() >= count {
+                return found;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("fewer than {count} log lines containing {needle:?}; log:\n{}", self.log_lines().join("\n"));
     }
 }
 
