@@ -9,7 +9,6 @@
 mod common;
 use common::*;
 
-use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +16,7 @@ use std::time::Duration;
 use apopd::server::Shared;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, DuplexStream};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
 const FAILED: &str = "-ERR [AUTH] invalid user name or password";
@@ -50,41 +49,7 @@ fn refusal_seconds(reply: &str) -> u64 {
     n
 }
 
-/// An in-process session over a duplex pipe, as if from `peer`.
-struct Pipe {
-    io: BufReader<DuplexStream>,
-    greeting: String,
-}
-
 impl Pipe {
-    async fn open(shared: &Arc<Shared>, peer: &str) -> Pipe {
-        let (client, server) = tokio::io::duplex(64 * 1024);
-        let peer: SocketAddr = peer.parse().unwrap();
-        tokio::spawn(apopd::session::serve(server, peer, shared.clone(), false));
-        let mut pipe = Pipe { io: BufReader::new(client), greeting: String::new() };
-        pipe.greeting = pipe.line().await;
-        assert!(pipe.greeting.starts_with("+OK "), "{}", pipe.greeting);
-        pipe
-    }
-
-    /// No timeout: on a paused clock it would fire at once.
-    async fn line(&mut self) -> String {
-        let mut buf = Vec::new();
-        self.io.read_until(b'\n', &mut buf).await.unwrap();
-        assert!(buf.ends_with(b"\r\n"), "not a CRLF line: {buf:?}");
-        String::from_utf8_lossy(&buf[..buf.len() - 2]).into_owned()
-    }
-
-    async fn cmd(&mut self, line: &str) -> String {
-        self.io.write_all(format!("{line}\r\n").as_bytes()).await.unwrap();
-        self.line().await
-    }
-
-    fn digest(&self, secret: &str) -> String {
-        let ts = &self.greeting[self.greeting.find('<').unwrap()..=self.greeting.rfind('>').unwrap()];
-        apopd::auth::apop::digest(ts, secret.as_bytes())
-    }
-
     /// Run one failing login of kind `i % 4` and return its final reply and the virtual time it took.
     async fn fail(&mut self, i: usize, user: &str) -> (String, Duration) {
         let command = match i % 4 {
@@ -122,7 +87,7 @@ fn assert_waited(waited: Duration, expected: Duration, what: &str) {
 #[tokio::test(start_paused = true)]
 async fn failure_delays_double_from_the_base_up_to_the_cap() {
     let (_fixture, shared) = shared(&throttled(1000, 6000, 100));
-    let mut pipe = Pipe::open(&shared, "198.51.100.7:40000").await;
+    let mut pipe = Pipe::open(&shared, "198.51.100.7:40000", 64 * 1024).await;
     let expected = [1, 2, 4, 6, 6, 6, 6, 6];
     for (i, secs) in expected.into_iter().enumerate() {
         // Every login method, known and unknown users alike, from one address.
@@ -142,19 +107,19 @@ async fn a_user_attacked_from_many_addresses_is_slowed_not_locked_out() {
     let (_fixture, shared) = shared(&throttled(1000, 6000, 3));
     // Five attackers, one failure each: no address reaches its limit, alice's count grows.
     for (n, secs) in [1, 2, 4, 6, 6].into_iter().enumerate() {
-        let mut pipe = Pipe::open(&shared, &format!("203.0.113.{}:40000", n + 1)).await;
+        let mut pipe = Pipe::open(&shared, &format!("203.0.113.{}:40000", n + 1), 64 * 1024).await;
         let (reply, waited) = pipe.fail(n, "alice").await;
         assert_eq!(reply, FAILED);
         assert_waited(waited, Duration::from_secs(secs), &format!("attacker {}", n + 1));
     }
     // alice herself, from her own address, still gets in at once...
-    let mut alice = Pipe::open(&shared, "192.0.2.10:40000").await;
+    let mut alice = Pipe::open(&shared, "192.0.2.10:40000", 64 * 1024).await;
     let start = Instant::now();
     assert_eq!(alice.cmd(&format!("APOP alice {}", alice.digest(ALICE_APOP_SECRET))).await, ALICE_OK);
     assert_waited(start.elapsed(), Duration::ZERO, "alice's own login");
     assert_eq!(alice.cmd("QUIT").await, "+OK apopd signing off (0 messages deleted)");
     // ...and her success reset her count: a new failure waits the base delay again.
-    let mut pipe = Pipe::open(&shared, "203.0.113.99:40000").await;
+    let mut pipe = Pipe::open(&shared, "203.0.113.99:40000", 64 * 1024).await;
     let (reply, waited) = pipe.fail(0, "alice").await;
     assert_eq!(reply, FAILED);
     assert_waited(waited, Duration::from_secs(1), "after alice's successful login");
@@ -163,7 +128,7 @@ async fn a_user_attacked_from_many_addresses_is_slowed_not_locked_out() {
 #[tokio::test(start_paused = true)]
 async fn the_refusal_after_the_limit_is_immediate() {
     let (_fixture, shared) = shared(&throttled(1000, 6000, 3));
-    let mut pipe = Pipe::open(&shared, "198.51.100.7:40000").await;
+    let mut pipe = Pipe::open(&shared, "198.51.100.7:40000", 64 * 1024).await;
     for (i, secs) in [1, 2, 4].into_iter().enumerate() {
         let (reply, waited) = pipe.fail(i, "alice").await;
         assert_eq!(reply, FAILED);
@@ -184,7 +149,7 @@ async fn the_refusal_after_the_limit_is_immediate() {
         assert!(refusal_seconds(&reply) > WINDOW_SECS - 100, "{command}: {reply}");
     }
     // Other addresses are not affected.
-    let mut other = Pipe::open(&shared, "198.51.100.8:40000").await;
+    let mut other = Pipe::open(&shared, "198.51.100.8:40000", 64 * 1024).await;
     assert_eq!(other.cmd(&format!("APOP alice {}", other.digest(ALICE_APOP_SECRET))).await, ALICE_OK);
 }
 

@@ -9,53 +9,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use apopd::server::Shared;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, DuplexStream};
-use tokio::task::JoinHandle;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 const ALICE_OK: &str = "+OK alice's maildrop has 5 messages (3038 octets)";
 const AUTOLOGOUT: &str = "-ERR autologout: idle too long";
 
-/// The client end of an in-process session.
-struct Pipe {
-    io: BufReader<DuplexStream>,
-    greeting: String,
-    session: JoinHandle<()>,
-}
-
 impl Pipe {
-    async fn open(shared: &Arc<Shared>, buffer: usize) -> Pipe {
-        let (client, server) = tokio::io::duplex(buffer);
-        let session =
-            tokio::spawn(apopd::session::serve(server, "127.0.0.1:40000".parse().unwrap(), shared.clone(), false));
-        let mut pipe = Pipe { io: BufReader::new(client), greeting: String::new(), session };
-        pipe.greeting = pipe.line().await;
-        assert!(pipe.greeting.starts_with("+OK "), "{}", pipe.greeting);
-        pipe
-    }
-
-    /// One line, CRLF removed. No timeout here: on a paused clock it would fire at once.
-    async fn line(&mut self) -> String {
-        let mut buf = Vec::new();
-        self.io.read_until(b'\n', &mut buf).await.unwrap();
-        assert!(buf.ends_with(b"\r\n"), "not a CRLF line: {buf:?}");
-        String::from_utf8_lossy(&buf[..buf.len() - 2]).into_owned()
-    }
-
-    async fn cmd(&mut self, line: &str) -> String {
-        self.io.write_all(format!("{line}\r\n").as_bytes()).await.unwrap();
-        self.line().await
-    }
-
     async fn apop_alice(&mut self) {
-        let ts = &self.greeting[self.greeting.find('<').unwrap()..=self.greeting.rfind('>').unwrap()];
-        let digest = apopd::auth::apop::digest(ts, ALICE_APOP_SECRET.as_bytes());
+        let digest = self.digest(ALICE_APOP_SECRET);
         assert_eq!(self.cmd(&format!("APOP alice {digest}")).await, ALICE_OK);
     }
 
     async fn apop_alice_with(&mut self, count: usize) {
-        let ts = &self.greeting[self.greeting.find('<').unwrap()..=self.greeting.rfind('>').unwrap()];
-        let digest = apopd::auth::apop::digest(ts, ALICE_APOP_SECRET.as_bytes());
+        let digest = self.digest(ALICE_APOP_SECRET);
         let reply = self.cmd(&format!("APOP alice {digest}")).await;
         assert!(reply.starts_with(&format!("+OK alice's maildrop has {count} messages")), "{reply}");
     }
@@ -81,7 +48,7 @@ async fn idle_in_authorization_is_dropped_after_auth_timeout() {
         let fixture = Fixture::new(extra);
         let shared = shared(&fixture);
         let start = Instant::now();
-        let pipe = Pipe::open(&shared, 64 * 1024).await;
+        let pipe = Pipe::open(&shared, "127.0.0.1:40000", 64 * 1024).await;
         pipe.expect_autologout().await;
         let idle = start.elapsed();
         assert!(idle >= Duration::from_secs(secs), "dropped after {idle:?}, before {secs}s");
@@ -93,7 +60,7 @@ async fn idle_in_authorization_is_dropped_after_auth_timeout() {
 async fn idle_in_transaction_is_logged_out_after_ten_minutes() {
     let fixture = Fixture::new("");
     let shared = shared(&fixture);
-    let mut pipe = Pipe::open(&shared, 64 * 1024).await;
+    let mut pipe = Pipe::open(&shared, "127.0.0.1:40000", 64 * 1024).await;
     pipe.apop_alice().await;
     let start = Instant::now();
     pipe.expect_autologout().await;
@@ -107,7 +74,7 @@ async fn idle_in_transaction_is_logged_out_without_update() {
     let fixture = Fixture::new("");
     let before = fixture.message_files("alice");
     let shared = shared(&fixture);
-    let mut pipe = Pipe::open(&shared, 64 * 1024).await;
+    let mut pipe = Pipe::open(&shared, "127.0.0.1:40000", 64 * 1024).await;
     pipe.apop_alice().await;
     assert_eq!(pipe.cmd("DELE 1").await, "+OK message 1 marked for deletion");
     assert_eq!(pipe.cmd("DELE 4").await, "+OK message 4 marked for deletion");
@@ -115,7 +82,7 @@ async fn idle_in_transaction_is_logged_out_without_update() {
 
     assert_eq!(fixture.message_files("alice"), before, "autologout must not delete");
     // The lock went with the session.
-    let mut next = Pipe::open(&shared, 64 * 1024).await;
+    let mut next = Pipe::open(&shared, "127.0.0.1:40000", 64 * 1024).await;
     next.apop_alice().await;
     assert_eq!(next.cmd("STAT").await, "+OK 5 3038");
 }
@@ -124,7 +91,7 @@ async fn idle_in_transaction_is_logged_out_without_update() {
 async fn user_pass_login_works_on_a_paused_clock_then_times_out() {
     let fixture = Fixture::new("");
     let shared = shared(&fixture);
-    let mut pipe = Pipe::open(&shared, 64 * 1024).await;
+    let mut pipe = Pipe::open(&shared, "127.0.0.1:40000", 64 * 1024).await;
     assert_eq!(pipe.cmd("USER alice").await, "+OK send PASS");
     // argon2 runs on a blocking thread; the paused clock must not jump past it.
     assert_eq!(pipe.cmd(&format!("PASS {ALICE_PASSWORD}")).await, ALICE_OK);
@@ -138,7 +105,7 @@ async fn activity_restarts_the_configured_timer() {
     let fixture = Fixture::new("idle_timeout_secs = 900");
     let shared = shared(&fixture);
     let start = Instant::now();
-    let mut pipe = Pipe::open(&shared, 64 * 1024).await;
+    let mut pipe = Pipe::open(&shared, "127.0.0.1:40000", 64 * 1024).await;
     pipe.apop_alice().await;
     for _ in 0..3 {
         // Just under the timeout, then a command: the session must still be there.
@@ -156,7 +123,7 @@ async fn activity_restarts_the_configured_timer() {
 async fn a_partial_line_then_silence_times_out() {
     let fixture = Fixture::new("");
     let shared = shared(&fixture);
-    let mut pipe = Pipe::open(&shared, 64 * 1024).await;
+    let mut pipe = Pipe::open(&shared, "127.0.0.1:40000", 64 * 1024).await;
     pipe.apop_alice().await;
     assert_eq!(pipe.cmd("DELE 3").await, "+OK message 3 marked for deletion");
     pipe.io.write_all(b"QUI").await.unwrap();
@@ -175,7 +142,7 @@ async fn a_client_that_stops_reading_does_not_pin_the_session() {
     let before = fixture.message_files("alice");
 
     let shared = shared(&fixture);
-    let mut pipe = Pipe::open(&shared, 4096).await;
+    let mut pipe = Pipe::open(&shared, "127.0.0.1:40000", 4096).await;
     pipe.apop_alice_with(6).await;
     assert_eq!(pipe.cmd("DELE 1").await, "+OK message 1 marked for deletion");
     pipe.io.write_all(b"RETR 6\r\n").await.unwrap();
@@ -186,6 +153,6 @@ async fn a_client_that_stops_reading_does_not_pin_the_session() {
     assert!(waited >= Duration::from_secs(120), "gave up on a slow reader after {waited:?}");
     assert!(waited < Duration::from_secs(121), "held a slow reader for {waited:?}");
     assert_eq!(fixture.message_files("alice"), before);
-    let mut next = Pipe::open(&shared, 64 * 1024).await;
+    let mut next = Pipe::open(&shared, "127.0.0.1:40000", 64 * 1024).await;
     next.apop_alice_with(6).await;
 }

@@ -152,6 +152,48 @@ pub async fn tls_handshake(tcp: TcpStream) -> TlsStream {
     connector.connect(name, tcp).await.expect("TLS handshake")
 }
 
+/// The client end of an in-process session over `tokio::io::duplex`, with no timeouts of its
+/// own, so it works on a paused clock (`#[tokio::test(start_paused = true)]`).
+pub struct Pipe {
+    pub io: tokio::io::BufReader<tokio::io::DuplexStream>,
+    pub greeting: String,
+    pub session: tokio::task::JoinHandle<()>,
+}
+
+impl Pipe {
+    /// Serve a session to a client at `peer`; `buffer` is the pipe's capacity each way.
+    pub async fn open(shared: &Arc<Shared>, peer: &str, buffer: usize) -> Pipe {
+        let (client, server) = tokio::io::duplex(buffer);
+        let peer: SocketAddr = peer.parse().expect("peer address");
+        let session = tokio::spawn(apopd::session::serve(server, peer, shared.clone(), false));
+        let mut pipe = Pipe { io: tokio::io::BufReader::new(client), greeting: String::new(), session };
+        pipe.greeting = pipe.line().await;
+        assert!(pipe.greeting.starts_with("+OK "), "{}", pipe.greeting);
+        pipe
+    }
+
+    /// One line, CRLF removed.
+    pub async fn line(&mut self) -> String {
+        let mut buf = Vec::new();
+        self.io.read_until(b'\n', &mut buf).await.expect("read");
+        assert!(buf.ends_with(b"\r\n"), "not a CRLF line: {buf:?}");
+        String::from_utf8_lossy(&buf[..buf.len() - 2]).into_owned()
+    }
+
+    /// Send a command, return the status line.
+    pub async fn cmd(&mut self, line: &str) -> String {
+        self.io.write_all(format!("{line}\r\n").as_bytes()).await.expect("write");
+        self.line().await
+    }
+
+    /// The APOP digest of this greeting's timestamp and `secret`.
+    pub fn digest(&self, secret: &str) -> String {
+        let ts =
+            &self.greeting[self.greeting.find('<').expect("timestamp")..=self.greeting.rfind('>').expect("timestamp")];
+        apopd::auth::apop::digest(ts, secret.as_bytes())
+    }
+}
+
 /// A session served in-process over an in-memory pipe, as if the client were at `peer`:
 /// how tests reach non-loopback policy without a non-loopback address.
 pub fn session_from(fixture: &Fixture, peer: &str) -> tokio::io::DuplexStream {
