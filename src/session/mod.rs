@@ -120,17 +120,10 @@ where
         let context = Context { timestamp, shared, peer, secure };
         let core = Core { context, state: State::Authorization(Default::default()), errors_in_a_row: 0 };
         let (result, core, stream) = run_on(core, stream, true).await;
-        match result {
-            Ok(End::StartTls) => start_tls(core, stream).await,
-            Ok(End::Closed) => {
-                tracing::info!("session closed");
-                close(stream).await;
-            }
-            Err(e) => {
-                tracing::info!(error = %e, "session ended");
-                close(stream).await;
-            }
+        if let Ok(End::StartTls) = result {
+            return start_tls(core, stream).await;
         }
+        finish(result, stream).await;
     }
     .instrument(span)
     .await
@@ -151,15 +144,16 @@ async fn start_tls<S: AsyncRead + AsyncWrite + Unpin>(mut core: Core, stream: S)
     // Nothing said before the handshake counts afterwards (a USER given before STLS is forgotten).
     core.state = State::Authorization(Default::default());
     let (result, _core, stream) = run_on(core, stream, false).await;
+    finish(result, stream).await;
+}
+
+/// Log how the session ended and shut the stream down: for TLS this sends close_notify
+/// before the TCP FIN (OpenSSL 3 clients report an error otherwise).
+async fn finish<S: AsyncWrite + Unpin>(result: std::io::Result<End>, mut stream: S) {
     match result {
         Ok(_) => tracing::info!("session closed"),
         Err(e) => tracing::info!(error = %e, "session ended"),
     }
-    close(stream).await;
-}
-
-/// Shut the stream down: for TLS this sends close_notify before the TCP FIN.
-async fn close<S: AsyncWrite + Unpin>(mut stream: S) {
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, stream.shutdown()).await;
 }
 
