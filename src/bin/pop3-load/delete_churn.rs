@@ -279,6 +279,10 @@ async fn consume(target: &Target, owned: &[String], auth: &Auth, shared: &Shared
         let done_before_pass = shared.generator_done.load(Ordering::Acquire);
         let mut found = 0u64;
         for user in owned {
+            if Instant::now() >= deadline {
+                found += 1;
+                break;
+            }
             match drain_once(target, user, auth, shared).await {
                 Ok(n) => {
                     found += n;

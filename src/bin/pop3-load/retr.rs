@@ -1,7 +1,7 @@
 //! `retr`: clients RETR every message of their mailboxes; every message is checked byte for
 //! byte against the regenerated original and against the size LIST announced.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,6 +38,35 @@ pub struct Opts {
     seconds: f64,
 }
 
+/// Mailboxes still to read, and those being read now (a mailbox is locked per session, so
+/// two clients must never take the same one at once).
+struct Queue {
+    waiting: VecDeque<String>,
+    busy: HashSet<String>,
+}
+
+enum Take {
+    User(String),
+    Wait,
+    Done,
+}
+
+impl Queue {
+    fn take(&mut self) -> Take {
+        if self.waiting.is_empty() {
+            return Take::Done;
+        }
+        let Some(i) = self.waiting.iter().position(|u| !self.busy.contains(u)) else { return Take::Wait };
+        match self.waiting.remove(i) {
+            Some(user) => {
+                self.busy.insert(user.clone());
+                Take::User(user)
+            }
+            None => Take::Wait,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Tally {
     mailboxes: u64,
@@ -61,7 +90,7 @@ pub async fn run(o: Opts) -> anyhow::Result<bool> {
     client::check_loopback(&o.target.addr)?;
     let users = o.users.names();
     let queue: VecDeque<String> = (0..o.rounds.max(1)).flat_map(|_| users.iter().cloned()).collect();
-    let queue = Arc::new(Mutex::new(queue));
+    let queue = Arc::new(Mutex::new(Queue { waiting: queue, busy: HashSet::new() }));
     let tally = Arc::new(Mutex::new(Tally::default()));
     let auth = Arc::new(o.credentials.auth());
     let procs = o.target.procs();
@@ -78,8 +107,19 @@ pub async fn run(o: Opts) -> anyhow::Result<bool> {
                 if Instant::now() >= deadline {
                     break;
                 }
-                let Some(user) = queue.lock().ok().and_then(|mut q| q.pop_front()) else { break };
+                let next = queue.lock().map(|mut q| q.take()).unwrap_or(Take::Done);
+                let user = match next {
+                    Take::User(user) => user,
+                    Take::Wait => {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                        continue;
+                    }
+                    Take::Done => break,
+                };
                 let result = one_mailbox(&target, &user, &auth, seed, expect, &tally).await;
+                if let Ok(mut q) = queue.lock() {
+                    q.busy.remove(&user);
+                }
                 if let (Err(e), Ok(mut t)) = (result, tally.lock()) {
                     t.errors += 1;
                     t.note(format!("{user}: {e:#}"));
@@ -96,7 +136,7 @@ pub async fn run(o: Opts) -> anyhow::Result<bool> {
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let left = queue.lock().map(|q| q.len()).unwrap_or(0);
+    let left = queue.lock().map(|q| q.waiting.len()).unwrap_or(0);
     let t = tally.lock().map_err(|_| anyhow::anyhow!("tally poisoned"))?;
     let mb_s = t.octets as f64 / 1e6 / elapsed;
     let cpu_ms = procfs::cpu_ms_per_op(cpu_before, procs.cpu(), t.messages);
@@ -177,4 +217,20 @@ async fn one_mailbox(
         t.note(format!("{user}: {} of the expected {m} messages retrieved", seen.len()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_mailbox_is_not_handed_out_twice() {
+        let mut q = Queue { waiting: ["a", "a", "b"].map(String::from).into(), busy: HashSet::new() };
+        assert!(matches!(q.take(), Take::User(u) if u == "a"));
+        assert!(matches!(q.take(), Take::User(u) if u == "b"));
+        assert!(matches!(q.take(), Take::Wait));
+        q.busy.remove("a");
+        assert!(matches!(q.take(), Take::User(u) if u == "a"));
+        assert!(matches!(q.take(), Take::Done));
+    }
 }
