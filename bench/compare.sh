@@ -26,16 +26,21 @@ BIG_SIZE=${BIG_SIZE:-1024}
 BIG_NAMES=${BIG_NAMES:-plain sized}      # file name styles to test: plain and/or sized (,S=,W=)
 IDLE_SESSIONS=${IDLE_SESSIONS:-2000}     # idle (also the number of tiny mailboxes)
 DC_USERS=${DC_USERS:-8}                  # delete-churn
-DC_MSGS=${DC_MSGS:-2000}
+DC_MSGS=${DC_MSGS:-6000}
+DC_CMD_MSGS=${DC_CMD_MSGS:-2000}          # delete-churn through `apopd deliver` (slower)
 DC_SIZE=${DC_SIZE:-4096}
 DC_CLIENTS=${DC_CLIENTS:-4}
 KEEP=${KEEP:-0}                          # 1: keep the work dir
+# Where maildirs and configs go. tmpfs by default: this box's shared disk deletes ~1,300
+# files/s, so cleaning up 400,000 message files would dominate the run; it also takes disk
+# noise out. Set BENCH_TMP=/var/tmp (or any disk) to include the filesystem.
+BENCH_TMP=${BENCH_TMP:-/dev/shm}
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
 BIN=$CARGO_TARGET_DIR/release
-WORK=$(mktemp -d /tmp/apopd-bench.XXXXXX)
+WORK=$(mktemp -d "$BENCH_TMP/apopd-bench.XXXXXX")
 chmod 755 "$WORK"   # Dovecot's auth (user dovecot) and mail (uid 65534) processes must traverse it
 RESULTS=$WORK/results.jsonl
 : >"$RESULTS"
@@ -63,14 +68,13 @@ DOVECOT_PID=
 cleanup() {
     stop_apopd || true
     stop_dovecot || true
-    if [ "$KEEP" = 1 ]; then log "work dir kept: $WORK"; else rm -rf "$WORK"; fi
+    if [ "$KEEP" = 1 ]; then log "work dir kept: $WORK"; else log "removing $WORK"; rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 
 # ---- data --------------------------------------------------------------------------------
 MAIL_A=$WORK/mail-apopd          # apopd's maildirs
 MAIL_D=$WORK/mail-dovecot        # Dovecot's copy (owned by the mail uid)
-BIG_PRISTINE=$WORK/big-pristine  # the big mailboxes as populated (one per name style), copied in before each run
 CRED=$WORK/cred
 MAIL_UID=65534 MAIL_GID=65534    # nobody:nogroup, Dovecot's mail processes run as this
 
@@ -82,9 +86,11 @@ log "populating ($IDLE_SESSIONS tiny, $RETR_USERS×$RETR_MSGS×$RETR_SIZE retr, 
 pop --user-prefix tiny --users "$IDLE_SESSIONS" --messages 1 --size 1024 --seed 11
 pop --user-prefix retr --users "$RETR_USERS" --messages "$RETR_MSGS" --size "$RETR_SIZE" --seed 12
 pop --user-prefix churn --users "$DC_USERS" --messages 0
+# The big mailboxes (user big<names>1) sit in cur/, as if a client had seen them before, so
+# neither server renames 100,000 files and a run is reset by deleting Dovecot's index files.
 for names in $BIG_NAMES; do
-    pop --user-prefix big --users 1 --messages "$BIG_MSGS" --size "$BIG_SIZE" --names "$names" --seed 13
-    mv "$MAIL_A/big1" "$BIG_PRISTINE-$names"
+    pop --user-prefix "big$names" --users 1 --messages "$BIG_MSGS" --size "$BIG_SIZE" --names "$names" \
+        --subdir cur --seed 13
 done
 chgrp dovecot "$CRED/dovecot-passwd" && chmod 640 "$CRED/dovecot-passwd"
 cp -a "$MAIL_A" "$MAIL_D"
@@ -222,15 +228,16 @@ scenario_retr() {
         --seed 12 --messages "$RETR_MSGS" --rounds "$RETR_ROUNDS"
 }
 
-scenario_big_mailbox() { # restart the server on a fresh copy: the first login is the cold one
-    local server=$1 root
-    if [ "$server" = apopd ]; then root=$MAIL_A; stop_apopd; else root=$MAIL_D; stop_dovecot; fi
-    rm -rf "$root/big1"
-    cp -a "$BIG_PRISTINE-$VARIANT" "$root/big1"
-    [ "$server" = apopd ] || chown -R "$MAIL_UID:$MAIL_GID" "$root/big1"
-    if [ "$server" = apopd ]; then start_apopd; else start_dovecot; fi
-    record "$1" "$2" big-mailbox --user big1 "${AUTH[@]}" --messages "$BIG_MSGS"
-    rm -rf "$root/big1"
+scenario_big_mailbox() { # restart the server without its caches: the first login is the cold one
+    local user=big${VARIANT}1
+    if [ "$1" = apopd ]; then
+        stop_apopd; start_apopd   # apopd keeps nothing on disk
+    else
+        stop_dovecot
+        rm -f "$MAIL_D/$user"/dovecot*   # index, cache and uidlist
+        start_dovecot
+    fi
+    record "$1" "$2" big-mailbox --user "$user" "${AUTH[@]}" --messages "$BIG_MSGS"
 }
 
 scenario_idle() { # a fresh server, so "before" is a server with no history
@@ -258,7 +265,7 @@ scenario delete_churn
 for run in $(seq 1 "$RUNS"); do
     DC_SEED=$((DC_SEED + 1))
     record apopd "$run" delete-churn --user-prefix churn --users "$DC_USERS" "${AUTH[@]}" --clients "$DC_CLIENTS" \
-        --messages "$DC_MSGS" --size "$DC_SIZE" --seed "$DC_SEED" \
+        --messages "$DC_CMD_MSGS" --size "$DC_SIZE" --seed "$DC_SEED" \
         --seconds 90 --deliver-cmd "$BIN/apopd deliver {user} --config $WORK/apopd.toml"
 done
 scenario idle
@@ -272,6 +279,7 @@ mkdir -p "$HERE/results"
 OUT=$HERE/results/$(date +%Y-%m-%d).md
 [ ! -e "$OUT" ] || OUT=$HERE/results/$(date +%Y-%m-%d-%H%M).md
 export RESULTS OUT ELAPSED LOAD_BEFORE LOAD_AFTER RUNS
+export WORK_FS="$(df --output=fstype "$WORK" | tail -n 1) ($BENCH_TMP)"
 export MACHINE_NPROC=$(nproc)
 export MACHINE_MEM=$(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)
 export MACHINE_KERNEL=$(uname -sr)

@@ -22,6 +22,13 @@ pub enum Names {
     Sized,
 }
 
+/// The maildir subdirectory messages are written to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Subdir {
+    New,
+    Cur,
+}
+
 #[derive(Args, Debug)]
 pub struct Opts {
     /// The mail root: maildirs go to ROOT/<user>.
@@ -37,6 +44,10 @@ pub struct Opts {
     size: usize,
     #[arg(long, value_enum, default_value_t = Names::Plain)]
     names: Names,
+    /// Where the messages go: `new` (just delivered) or `cur` (seen by a client before;
+    /// names get the `:2,` info suffix, and no server needs to rename them).
+    #[arg(long, value_enum, default_value_t = Subdir::New)]
+    subdir: Subdir,
     /// The content seed; `retr` needs the same one to verify.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -132,6 +143,7 @@ fn populate(o: &Opts) -> anyhow::Result<bool> {
         .int("messages", total)
         .int("size", o.size)
         .str("names", format!("{:?}", o.names).to_lowercase())
+        .str("subdir", format!("{:?}", o.subdir).to_lowercase())
         .int("seed", o.seed)
         .int("bytes", bytes)
         .num("seconds", secs)
@@ -148,7 +160,11 @@ fn populate(o: &Opts) -> anyhow::Result<bool> {
 fn write_message(root: &Path, user: &str, k: u64, o: &Opts) -> anyhow::Result<u64> {
     let key = MessageKey { user: user.to_owned(), index: k, size: o.size };
     let file = content::message(o.seed, &key);
-    let path = root.join(user).join("new").join(file_name(k, o.seed, o.names, &file));
+    let name = file_name(k, o.seed, o.names, &file);
+    let path = match o.subdir {
+        Subdir::New => root.join(user).join("new").join(name),
+        Subdir::Cur => root.join(user).join("cur").join(name + ":2,"),
+    };
     fs::write(&path, &file).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(file.len() as u64)
 }
