@@ -10,7 +10,7 @@
 set -euo pipefail
 
 # ---- knobs -------------------------------------------------------------------------------
-RUNS=${RUNS:-2}                          # runs per scenario and server
+RUNS=${RUNS:-3}                          # runs per scenario and server
 APOPD_PORT=${APOPD_PORT:-21110}
 DOVECOT_PORT=${DOVECOT_PORT:-21111}
 SECRET=${SECRET:-benchsecret}            # password and APOP secret of every user
@@ -26,7 +26,7 @@ BIG_SIZE=${BIG_SIZE:-1024}
 BIG_NAMES=${BIG_NAMES:-plain sized}      # file name styles to test: plain and/or sized (,S=,W=)
 IDLE_SESSIONS=${IDLE_SESSIONS:-2000}     # idle (also the number of tiny mailboxes)
 DC_USERS=${DC_USERS:-8}                  # delete-churn
-DC_MSGS=${DC_MSGS:-6000}
+DC_MSGS=${DC_MSGS:-20000}
 DC_CMD_MSGS=${DC_CMD_MSGS:-2000}          # delete-churn through `apopd deliver` (slower)
 DC_SIZE=${DC_SIZE:-4096}
 DC_CLIENTS=${DC_CLIENTS:-4}

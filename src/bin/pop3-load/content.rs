@@ -95,9 +95,18 @@ pub fn message(seed: u64, key: &MessageKey) -> Vec<u8> {
     out
 }
 
+/// `n` filler characters, eight per random number (the verifier regenerates every message,
+/// so this is on the client's hot path).
 fn fill(out: &mut Vec<u8>, rng: &mut Rng, n: usize) {
-    for _ in 0..n {
-        out.push(ALPHABET[rng.below(ALPHABET.len() as u64) as usize]);
+    let mut left = n;
+    while left > 0 {
+        let mut x = rng.next_u64();
+        let take = left.min(8);
+        for _ in 0..take {
+            out.push(ALPHABET[(x & 0xff) as usize % ALPHABET.len()]);
+            x >>= 8;
+        }
+        left -= take;
     }
 }
 

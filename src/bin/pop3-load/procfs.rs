@@ -107,6 +107,12 @@ fn pss(pid: u32) -> Option<u64> {
     kb_field(&format!("/proc/{pid}/smaps_rollup"), "Pss:")
 }
 
+/// This process's own CPU seconds so far (user + system), to show when the client itself
+/// is the bottleneck.
+pub fn self_cpu_secs() -> Option<f64> {
+    cpu_secs(std::process::id())
+}
+
 /// Server CPU milliseconds per operation between two CPU readings.
 pub fn cpu_ms_per_op(before: Option<f64>, after: Option<f64>, ops: u64) -> Option<f64> {
     match (before, after) {

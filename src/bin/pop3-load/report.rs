@@ -92,8 +92,9 @@ impl Report {
         out
     }
 
-    /// JSON on stdout, the summary on stderr.
-    pub fn print(&self) {
+    /// JSON on stdout (with the client's own CPU time added), the summary on stderr.
+    pub fn print(&mut self) {
+        self.opt_num("client_cpu_seconds", crate::procfs::self_cpu_secs());
         println!("{}", self.json());
         for line in &self.summary {
             eprintln!("{line}");
