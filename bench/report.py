@@ -138,6 +138,36 @@ for scenario, field, label, scale, target in METRICS:
     w(f"| {label} | {' / '.join(fmt(v) for v in a) or 'not run'} | {' / '.join(fmt(v) for v in d) or 'not run'} "
       f"| {fmt(ratio) + '×' if ratio is not None else '–'} | {tgt} | {met} |")
 w("")
+w("## How to read this")
+w("")
+for note in [
+    "Both servers run with their defaults except for limits: apopd with `max_connections` raised for the idle "
+    "sessions; Dovecot in high-performance login mode (`service_count = 0`, `process_min_avail = nproc`) with "
+    "process and client limits raised, a `{PLAIN}` passwd-file (APOP needs retrievable passwords) and "
+    "`pop3_uidl_format = %f`. Both log every login (apopd at its default `info`, Dovecot to its log file).",
+    "All logins use APOP. USER/PASS is not compared: apopd verifies argon2id (tens of ms by design), "
+    "Dovecot's `{PLAIN}` is a string compare, so the figure would measure the password scheme.",
+    "The client (pop3-load) shares the 2 cores with the server and regenerates and compares every "
+    "retrieved byte; its \"client CPU (cores busy)\" row shows how much of the box it took. When it "
+    "nears 1–2 cores, throughput (retr MB/s, delete-churn msg/s) is capped by the client; when client and "
+    "server together stay well under 2 cores (server cores = CPU per message × messages/s), the run was "
+    "bound by round trips (each client waits for every reply) and by the other tenants of the machine "
+    "(see the load average). Server CPU per operation is the steadier comparison of the servers.",
+    "big-mailbox: the mailbox (100,000 messages in cur/) is served by a freshly started server; for Dovecot "
+    "its index files are deleted first, so the first login builds them. apopd keeps no index: it scans the "
+    "directory at every login (reading every file when names carry no `,W=` size), so its second-session "
+    "*login* is as slow as the first while STAT is then free; Dovecot does the opposite (fast login, "
+    "sizes at STAT). The derived \"login+STAT\" row compares the whole cost.",
+    "idle: memory summed over the server's processes (Dovecot: master and every child, one `pop3` process "
+    "per session). PSS shares each shared page among its users; RSS counts it in every process.",
+    "delete-churn: both servers get new mail by tmp→new renames from the client, so the ratio compares the "
+    "same thing. The extra apopd-only rows deliver through `apopd deliver` (a process and two fsyncs per "
+    "message); that scenario has no Dovecot counterpart here (its equivalent would be dovecot-lda), so "
+    "it is not compared.",
+    "Work files were on the filesystem named under Machine; on tmpfs fsync is free and unlinks are cheap.",
+]:
+    w(f"- {note}")
+w("")
 w("## Raw results and exact commands")
 w("")
 w("Every pop3-load JSON line, tagged with server and run. The `cmd` is the exact invocation "
