@@ -1,0 +1,291 @@
+#!/usr/bin/env bash
+# Benchmark apopd against Dovecot on loopback with pop3-load.
+#
+#   sudo bench/compare.sh            # writes bench/results/<date>.md
+#
+# Needs root (Dovecot's master runs as root; apt-get installs it when missing). Nothing
+# outside a private temp dir is configured: /etc/dovecot is never read or written.
+# Each scenario runs RUNS times against each server, alternating apopd and Dovecot, on the
+# same maildirs (copies) and users. Sizes scale with the environment variables below.
+set -euo pipefail
+
+# ---- knobs -------------------------------------------------------------------------------
+RUNS=${RUNS:-3}                          # runs per scenario and server
+APOPD_PORT=${APOPD_PORT:-21110}
+DOVECOT_PORT=${DOVECOT_PORT:-21111}
+SECRET=${SECRET:-benchsecret}            # password and APOP secret of every user
+CHURN_CLIENTS=${CHURN_CLIENTS:-16}       # login-churn
+CHURN_SECS=${CHURN_SECS:-8}
+RETR_USERS=${RETR_USERS:-8}              # retr: RETR_USERS × RETR_MSGS × RETR_SIZE bytes
+RETR_MSGS=${RETR_MSGS:-200}
+RETR_SIZE=${RETR_SIZE:-65536}
+RETR_CLIENTS=${RETR_CLIENTS:-4}
+RETR_ROUNDS=${RETR_ROUNDS:-2}
+BIG_MSGS=${BIG_MSGS:-100000}             # big-mailbox
+BIG_SIZE=${BIG_SIZE:-1024}
+BIG_NAMES=${BIG_NAMES:-plain sized}      # file name styles to test: plain and/or sized (,S=,W=)
+IDLE_SESSIONS=${IDLE_SESSIONS:-2000}     # idle (also the number of tiny mailboxes)
+DC_USERS=${DC_USERS:-8}                  # delete-churn
+DC_MSGS=${DC_MSGS:-20000}
+DC_CMD_MSGS=${DC_CMD_MSGS:-2000}          # delete-churn through `apopd deliver` (slower)
+DC_SIZE=${DC_SIZE:-4096}
+DC_CLIENTS=${DC_CLIENTS:-4}
+KEEP=${KEEP:-0}                          # 1: keep the work dir
+# Where maildirs and configs go. tmpfs by default: this box's shared disk deletes ~1,300
+# files/s, so cleaning up 400,000 message files would dominate the run; it also takes disk
+# noise out. Set BENCH_TMP=/var/tmp (or any disk) to include the filesystem.
+BENCH_TMP=${BENCH_TMP:-/dev/shm}
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$HERE/.." && pwd)
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
+BIN=$CARGO_TARGET_DIR/release
+WORK=$(mktemp -d "$BENCH_TMP/apopd-bench.XXXXXX")
+chmod 755 "$WORK"   # Dovecot's auth (user dovecot) and mail (uid 65534) processes must traverse it
+RESULTS=$WORK/results.jsonl
+: >"$RESULTS"
+
+log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "run as root (Dovecot's master process needs it)"
+
+# ---- prerequisites -----------------------------------------------------------------------
+if ! command -v dovecot >/dev/null || [ ! -x /usr/lib/dovecot/pop3 ]; then
+    log "installing dovecot-core dovecot-pop3d"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends dovecot-core dovecot-pop3d >&2
+fi
+command -v python3 >/dev/null || die "python3 is needed for the report"
+log "building apopd and pop3-load (release)"
+(cd "$REPO" && cargo build --release --bins >&2)
+
+# Many sessions: use the whole hard limit for us and the servers we start.
+ulimit -n "$(ulimit -Hn)"
+[ "$(ulimit -n)" -ge $((IDLE_SESSIONS + 256)) ] || die "ulimit -n $(ulimit -n) is too low for $IDLE_SESSIONS sessions"
+
+APOPD_PID=
+DOVECOT_PID=
+cleanup() {
+    stop_apopd || true
+    stop_dovecot || true
+    if [ "$KEEP" = 1 ]; then log "work dir kept: $WORK"; else log "removing $WORK"; rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+
+# ---- data --------------------------------------------------------------------------------
+MAIL_A=$WORK/mail-apopd          # apopd's maildirs
+MAIL_D=$WORK/mail-dovecot        # Dovecot's copy (owned by the mail uid)
+CRED=$WORK/cred
+MAIL_UID=65534 MAIL_GID=65534    # nobody:nogroup, Dovecot's mail processes run as this
+
+load() { "$BIN/pop3-load" "$@"; }
+pop() { load populate --root "$MAIL_A" --credentials "$CRED" --password "$SECRET" --apop-secret "$SECRET" \
+    --dovecot-uid-gid "$MAIL_UID:$MAIL_GID" "$@" >/dev/null; }
+
+log "populating ($IDLE_SESSIONS tiny, $RETR_USERS×$RETR_MSGS×$RETR_SIZE retr, $BIG_MSGS×$BIG_SIZE big, $DC_USERS churn)"
+pop --user-prefix tiny --users "$IDLE_SESSIONS" --messages 1 --size 1024 --seed 11
+pop --user-prefix retr --users "$RETR_USERS" --messages "$RETR_MSGS" --size "$RETR_SIZE" --seed 12
+pop --user-prefix churn --users "$DC_USERS" --messages 0
+# The big mailboxes (user big<names>1) sit in cur/, as if a client had seen them before, so
+# neither server renames 100,000 files and a run is reset by deleting Dovecot's index files.
+for names in $BIG_NAMES; do
+    pop --user-prefix "big$names" --users 1 --messages "$BIG_MSGS" --size "$BIG_SIZE" --names "$names" \
+        --subdir cur --seed 13
+done
+chgrp dovecot "$CRED/dovecot-passwd" && chmod 640 "$CRED/dovecot-passwd"
+cp -a "$MAIL_A" "$MAIL_D"
+chown -R "$MAIL_UID:$MAIL_GID" "$MAIL_D"
+
+# ---- apopd -------------------------------------------------------------------------------
+cat >"$WORK/apopd.toml" <<EOF
+listen = ["127.0.0.1:$APOPD_PORT"]
+mail_root = "$MAIL_A/{user}"
+users_file = "$CRED/users"
+apop_secrets_file = "$CRED/apop-secrets"
+max_connections = $((IDLE_SESSIONS + 1000))
+EOF
+
+wait_port() { # port: wait until something accepts on 127.0.0.1:port
+    for _ in $(seq 1 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    return 1
+}
+
+start_apopd() {
+    "$BIN/apopd" serve --config "$WORK/apopd.toml" 2>>"$WORK/apopd.log" &
+    APOPD_PID=$!
+    wait_port "$APOPD_PORT" || die "apopd did not start; see $WORK/apopd.log"
+}
+stop_apopd() {
+    [ -n "$APOPD_PID" ] || return 0
+    kill "$APOPD_PID" 2>/dev/null || true
+    wait "$APOPD_PID" 2>/dev/null || true
+    APOPD_PID=
+}
+
+# ---- Dovecot -----------------------------------------------------------------------------
+mkdir -p "$WORK/dovecot/run" "$WORK/dovecot/state"
+cat >"$WORK/dovecot/dovecot.conf" <<EOF
+# Private, loopback-only POP3 instance for the benchmark.
+base_dir = $WORK/dovecot/run
+state_dir = $WORK/dovecot/state
+log_path = $WORK/dovecot/dovecot.log
+protocols = pop3
+listen = 127.0.0.1
+ssl = no
+disable_plaintext_auth = no
+# APOP needs plaintext-retrievable passwords: the passwd-file uses {PLAIN}.
+auth_mechanisms = plain apop
+mail_location = maildir:$MAIL_D/%u
+first_valid_uid = 1
+pop3_uidl_format = %f
+mail_max_userip_connections = 10000
+default_internal_user = dovecot
+default_login_user = dovenull
+# Not artificially capped: room for every idle session.
+default_process_limit = $((IDLE_SESSIONS + 1000))
+default_client_limit = $((4 * IDLE_SESSIONS + 4000))
+passdb {
+  driver = passwd-file
+  args = scheme=PLAIN $CRED/dovecot-passwd
+}
+userdb {
+  driver = passwd-file
+  args = $CRED/dovecot-passwd
+}
+service pop3-login {
+  inet_listener pop3 {
+    address = 127.0.0.1
+    port = $DOVECOT_PORT
+  }
+  inet_listener pop3s {
+    port = 0
+  }
+  # High-performance mode: long-lived login processes, one per core kept ready.
+  service_count = 0
+  process_min_avail = $(nproc)
+}
+service pop3 {
+  process_limit = $((IDLE_SESSIONS + 1000))
+}
+EOF
+
+start_dovecot() {
+    dovecot -c "$WORK/dovecot/dovecot.conf" -F 2>>"$WORK/dovecot/stderr.log" &
+    DOVECOT_PID=$!
+    wait_port "$DOVECOT_PORT" || die "Dovecot did not start; see $WORK/dovecot/"
+}
+stop_dovecot() {
+    [ -n "$DOVECOT_PID" ] || return 0
+    kill "$DOVECOT_PID" 2>/dev/null || true
+    wait "$DOVECOT_PID" 2>/dev/null || true
+    DOVECOT_PID=
+    # Let the per-session processes go away before the next measurement.
+    sleep 1
+}
+
+# ---- running scenarios -------------------------------------------------------------------
+# record SERVER RUN SCENARIO-ARGS…: run pop3-load against SERVER, tag its JSON line.
+record() {
+    local server=$1 run=$2 addr pids line
+    shift 2
+    if [ "$server" = apopd ]; then
+        addr=127.0.0.1:$APOPD_PORT; pids=(--server-pid "$APOPD_PID")
+    else
+        addr=127.0.0.1:$DOVECOT_PORT; pids=(--server-pid "$DOVECOT_PID" --server-tree)
+    fi
+    local cmd=("$@" --addr "$addr" "${pids[@]}")
+    log "$server run $run: pop3-load ${cmd[*]}"
+    if line=$(load "${cmd[@]}" 2>"$WORK/last.err"); then :; else log "  (exit $?: $(tail -n 3 "$WORK/last.err" | tr '\n' ' '))"; fi
+    sed 's/^/  /' "$WORK/last.err" >&2
+    [ -n "$line" ] || line='{"scenario":"'"$1"'","failed":true}'
+    printf '{"server":"%s","run":%s,"variant":"%s","cmd":"pop3-load %s",%s\n' \
+        "$server" "$run" "$VARIANT" "${cmd[*]//\"/}" "${line#\{}" >>"$RESULTS"
+}
+
+AUTH=(--apop-secret "$SECRET")
+VARIANT=
+DC_SEED=100
+
+scenario() { # name: run it RUNS times per server, alternating
+    local name=$1 run server
+    for run in $(seq 1 "$RUNS"); do
+        for server in apopd dovecot; do
+            "scenario_$name" "$server" "$run"
+        done
+    done
+}
+
+scenario_login_churn() {
+    record "$1" "$2" login-churn --user-prefix tiny --users "$CHURN_CLIENTS" "${AUTH[@]}" \
+        --clients "$CHURN_CLIENTS" --seconds "$CHURN_SECS"
+}
+
+scenario_retr() {
+    record "$1" "$2" retr --user-prefix retr --users "$RETR_USERS" "${AUTH[@]}" --clients "$RETR_CLIENTS" \
+        --seed 12 --messages "$RETR_MSGS" --rounds "$RETR_ROUNDS"
+}
+
+scenario_big_mailbox() { # restart the server without its caches: the first login is the cold one
+    local user=big${VARIANT}1
+    if [ "$1" = apopd ]; then
+        stop_apopd; start_apopd   # apopd keeps nothing on disk
+    else
+        stop_dovecot
+        rm -f "$MAIL_D/$user"/dovecot*   # index, cache and uidlist
+        start_dovecot
+    fi
+    record "$1" "$2" big-mailbox --user "$user" "${AUTH[@]}" --messages "$BIG_MSGS"
+}
+
+scenario_idle() { # a fresh server, so "before" is a server with no history
+    if [ "$1" = apopd ]; then stop_apopd; start_apopd; else stop_dovecot; start_dovecot; fi
+    sleep 1
+    record "$1" "$2" idle --user-prefix tiny --users "$IDLE_SESSIONS" --sessions "$IDLE_SESSIONS" "${AUTH[@]}" --seconds 120
+}
+
+scenario_delete_churn() { # same delivery (tmp→new renames) for both; fresh seed per run
+    local root
+    if [ "$1" = apopd ]; then root=$MAIL_A; else root=$MAIL_D; fi
+    DC_SEED=$((DC_SEED + 1))
+    record "$1" "$2" delete-churn --user-prefix churn --users "$DC_USERS" "${AUTH[@]}" --clients "$DC_CLIENTS" \
+        --messages "$DC_MSGS" --size "$DC_SIZE" --seed "$DC_SEED" --maildir-root "$root" --seconds 90
+}
+
+START=$(date +%s)
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+start_apopd
+start_dovecot
+scenario login_churn
+scenario retr
+scenario delete_churn
+# apopd only: delivery through `apopd deliver` (fsyncs, a process per message).
+for run in $(seq 1 "$RUNS"); do
+    DC_SEED=$((DC_SEED + 1))
+    record apopd "$run" delete-churn --user-prefix churn --users "$DC_USERS" "${AUTH[@]}" --clients "$DC_CLIENTS" \
+        --messages "$DC_CMD_MSGS" --size "$DC_SIZE" --seed "$DC_SEED" \
+        --seconds 90 --deliver-cmd "$BIN/apopd deliver {user} --config $WORK/apopd.toml"
+done
+scenario idle
+for VARIANT in $BIG_NAMES; do scenario big_mailbox; done
+VARIANT=
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+ELAPSED=$(( $(date +%s) - START ))
+
+# ---- report ------------------------------------------------------------------------------
+mkdir -p "$HERE/results"
+OUT=$HERE/results/$(date +%Y-%m-%d).md
+[ ! -e "$OUT" ] || OUT=$HERE/results/$(date +%Y-%m-%d-%H%M).md
+export RESULTS OUT ELAPSED LOAD_BEFORE LOAD_AFTER RUNS
+export WORK_FS="$(df --output=fstype "$WORK" | tail -n 1) ($BENCH_TMP)"
+export MACHINE_NPROC=$(nproc)
+export MACHINE_MEM=$(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)
+export MACHINE_KERNEL=$(uname -sr)
+export MACHINE_CPU=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
+export APOPD_VERSION="$("$BIN/apopd" --version) ($(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown))"
+export DOVECOT_VERSION=$(dovecot --version)
+python3 "$HERE/report.py"
+log "results: $OUT"
+cat "$OUT"

@@ -1,0 +1,255 @@
+//! A minimal POP3 client over TCP: every read and write has a deadline, nothing the server
+//! sends can panic it, and multi-line responses are read as raw bytes for `verify`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+/// The longest status line accepted.
+const MAX_LINE: usize = 8 * 1024;
+/// The largest multi-line response accepted (a guard against a runaway server).
+pub const MAX_MULTILINE: usize = 256 * 1024 * 1024;
+
+/// Refuse anything but loopback: this tool generates load and must never aim it elsewhere.
+pub fn check_loopback(addr: &SocketAddr) -> anyhow::Result<()> {
+    if addr.ip().to_canonical().is_loopback() {
+        Ok(())
+    } else {
+        bail!("refusing non-loopback target {addr}: pop3-load only talks to 127.0.0.0/8 or ::1")
+    }
+}
+
+/// How to log in.
+#[derive(Debug, Clone)]
+pub enum Auth {
+    /// USER/PASS.
+    Pass(String),
+    /// APOP with this shared secret.
+    Apop(String),
+}
+
+/// One POP3 connection.
+pub struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    /// Start of unread data in `buf`.
+    pos: usize,
+    op_timeout: Duration,
+    /// The greeting line, CRLF removed.
+    pub greeting: String,
+}
+
+impl Conn {
+    /// Connect and read the greeting (which must be +OK).
+    pub async fn connect(addr: SocketAddr, op_timeout: Duration) -> anyhow::Result<Conn> {
+        let stream = timeout(op_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| anyhow!("connect timed out"))?
+            .context("connect")?;
+        stream.set_nodelay(true).context("TCP_NODELAY")?;
+        let mut conn = Conn { stream, buf: Vec::with_capacity(16 * 1024), pos: 0, op_timeout, greeting: String::new() };
+        let greeting = conn.line().await.context("greeting")?;
+        if !greeting.starts_with("+OK") {
+            bail!("greeting: {greeting}");
+        }
+        conn.greeting = greeting;
+        Ok(conn)
+    }
+
+    /// The `<…>` APOP timestamp of the greeting, when there is one.
+    pub fn timestamp(&self) -> Option<&str> {
+        let start = self.greeting.find('<')?;
+        let end = self.greeting[start..].find('>')? + start;
+        Some(&self.greeting[start..=end])
+    }
+
+    async fn fill(&mut self) -> anyhow::Result<()> {
+        if self.pos > 0 && self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        } else if self.pos > 64 * 1024 {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        let len = self.buf.len();
+        self.buf.resize(len + 64 * 1024, 0);
+        let read = timeout(self.op_timeout, self.stream.read(&mut self.buf[len..])).await;
+        let n = match read {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
+                self.buf.truncate(len);
+                return Err(e).context("read");
+            }
+            Err(_) => {
+                self.buf.truncate(len);
+                bail!("no data from the server within {:?}", self.op_timeout);
+            }
+        };
+        self.buf.truncate(len + n);
+        if n == 0 {
+            bail!("connection closed by the server");
+        }
+        Ok(())
+    }
+
+    /// Read one CRLF-terminated line; returned without the CRLF.
+    pub async fn line(&mut self) -> anyhow::Result<String> {
+        let mut scanned = 0usize; // bytes after self.pos known to hold no LF
+        loop {
+            let data = &self.buf[self.pos..];
+            if let Some(i) = memchr::memchr(b'\n', &data[scanned..]) {
+                let end = scanned + i;
+                let line = &data[..end];
+                let text = String::from_utf8_lossy(line.strip_suffix(b"\r").unwrap_or(line)).into_owned();
+                self.pos += end + 1;
+                return Ok(text);
+            }
+            scanned = data.len();
+            if scanned > MAX_LINE {
+                bail!("status line longer than {MAX_LINE} bytes");
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// Read the body of a multi-line response up to and including the ".\r\n" terminator,
+    /// raw (still dot-stuffed); `verify::unstuff` decodes it.
+    pub async fn multiline_raw(&mut self) -> anyhow::Result<Vec<u8>> {
+        let mut scanned = 0usize; // bytes after self.pos already known to hold no terminator
+        loop {
+            let data = &self.buf[self.pos..];
+            if data.starts_with(b".\r\n") {
+                let body = data[..3].to_vec();
+                self.pos += 3;
+                return Ok(body);
+            }
+            let from = scanned.saturating_sub(4);
+            if let Some(i) = memchr::memmem::find(&data[from..], b"\r\n.\r\n") {
+                let end = from + i + 5;
+                let body = data[..end].to_vec();
+                self.pos += end;
+                return Ok(body);
+            }
+            scanned = data.len();
+            if scanned > MAX_MULTILINE {
+                bail!("multi-line response larger than {MAX_MULTILINE} bytes");
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// Send one command line.
+    pub async fn send(&mut self, line: &str) -> anyhow::Result<()> {
+        let mut bytes = Vec::with_capacity(line.len() + 2);
+        bytes.extend_from_slice(line.as_bytes());
+        bytes.extend_from_slice(b"\r\n");
+        timeout(self.op_timeout, self.stream.write_all(&bytes))
+            .await
+            .map_err(|_| anyhow!("write timed out"))?
+            .context("write")
+    }
+
+    /// Send a command and return its status line, which must be +OK.
+    pub async fn ok(&mut self, line: &str) -> anyhow::Result<String> {
+        self.send(line).await?;
+        let reply = self.line().await?;
+        if !reply.starts_with("+OK") {
+            let shown = line.split(' ').next().unwrap_or(line);
+            bail!("{shown}: {reply}");
+        }
+        Ok(reply)
+    }
+
+    /// Log in as `user`.
+    pub async fn login(&mut self, user: &str, auth: &Auth) -> anyhow::Result<()> {
+        match auth {
+            Auth::Pass(password) => {
+                self.ok(&format!("USER {user}")).await?;
+                self.ok(&format!("PASS {password}")).await.map(drop)
+            }
+            Auth::Apop(secret) => {
+                let ts = self.timestamp().context("the greeting has no APOP timestamp")?.to_owned();
+                let digest = apopd::auth::apop::digest(&ts, secret.as_bytes());
+                self.ok(&format!("APOP {user} {digest}")).await.map(drop)
+            }
+        }
+    }
+
+    /// STAT → (count, octets).
+    pub async fn stat(&mut self) -> anyhow::Result<(u64, u64)> {
+        let reply = self.ok("STAT").await?;
+        let mut words = reply.split_ascii_whitespace().skip(1);
+        let count = words.next().and_then(|w| w.parse().ok()).context("STAT: no count")?;
+        let octets = words.next().and_then(|w| w.parse().ok()).context("STAT: no size")?;
+        Ok((count, octets))
+    }
+
+    /// LIST → (number, size) pairs.
+    pub async fn list(&mut self) -> anyhow::Result<Vec<(u64, u64)>> {
+        self.ok("LIST").await?;
+        let raw = self.multiline_raw().await?;
+        let body = crate::verify::unstuff(&raw).map_err(|e| anyhow!("LIST: {e}"))?;
+        parse_pairs(&body, |w| w.parse().ok()).context("LIST: malformed line")
+    }
+
+    /// UIDL → (number, unique-id) pairs.
+    pub async fn uidl(&mut self) -> anyhow::Result<Vec<(u64, String)>> {
+        self.ok("UIDL").await?;
+        let raw = self.multiline_raw().await?;
+        let body = crate::verify::unstuff(&raw).map_err(|e| anyhow!("UIDL: {e}"))?;
+        parse_pairs(&body, |w| Some(w.to_owned())).context("UIDL: malformed line")
+    }
+
+    /// QUIT and wait for the server to close (the +OK means UPDATE succeeded).
+    pub async fn quit(mut self) -> anyhow::Result<()> {
+        self.ok("QUIT").await?;
+        // Let the server close first so TIME_WAIT lands on its side; don't insist.
+        let mut byte = [0u8; 1];
+        let _ = timeout(Duration::from_millis(200), self.stream.read(&mut byte)).await;
+        Ok(())
+    }
+}
+
+fn parse_pairs<T>(body: &[u8], value: impl Fn(&str) -> Option<T>) -> Option<Vec<(u64, T)>> {
+    let text = std::str::from_utf8(body).ok()?;
+    let mut out = Vec::new();
+    for line in text.split("\r\n").filter(|l| !l.is_empty()) {
+        let mut words = line.split_ascii_whitespace();
+        let n = words.next()?.parse().ok()?;
+        let v = value(words.next()?)?;
+        out.push((n, v));
+    }
+    Some(out)
+}
+
+/// Connect and log in, in one step.
+pub async fn session(addr: SocketAddr, user: &str, auth: &Auth, op_timeout: Duration) -> anyhow::Result<Conn> {
+    let mut conn = Conn::connect(addr, op_timeout).await?;
+    conn.login(user, auth).await.with_context(|| format!("login as {user}"))?;
+    Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_targets() {
+        for ok in ["127.0.0.1:110", "127.8.9.10:1", "[::1]:110", "[::ffff:127.0.0.1]:110"] {
+            assert!(check_loopback(&ok.parse().unwrap()).is_ok(), "{ok}");
+        }
+        for bad in ["10.0.0.1:110", "0.0.0.0:110", "[::]:110", "192.0.2.1:110", "[2001:db8::1]:110"] {
+            assert!(check_loopback(&bad.parse().unwrap()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn pairs_parse() {
+        assert_eq!(parse_pairs(b"1 10\r\n2 20\r\n", |w| w.parse::<u64>().ok()), Some(vec![(1, 10), (2, 20)]));
+        assert_eq!(parse_pairs(b"1 x\r\n", |w| w.parse::<u64>().ok()), None);
+    }
+}
