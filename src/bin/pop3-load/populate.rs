@@ -179,14 +179,14 @@ fn write_credentials(dir: &Path, users: &[String], o: &Opts) -> anyhow::Result<(
     for user in users {
         entries.insert(user.clone(), hash.clone());
     }
-    files::write_entries(&path, &entries)?;
+    files::write_entries(&path, &entries, &[])?;
     if let Some(secret) = &o.apop_secret {
         let path = dir.join("apop-secrets");
         let mut entries = files::read_entries(&path, true)?;
         for user in users {
             entries.insert(user.clone(), secret.clone());
         }
-        files::write_entries(&path, &entries)?;
+        files::write_entries(&path, &entries, &[])?;
     }
     let path = dir.join("dovecot-passwd");
     let mut out = fs::OpenOptions::new()
