@@ -17,11 +17,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, B
 use tracing::Instrument;
 
 use crate::auth::sasl::{self, Mechanism};
-use crate::protocol::response::{self, BodyEncoder};
+use crate::protocol::response::{self, BodyEncoder, TERMINATOR};
 use crate::protocol::{Command, command};
 use crate::server::Shared;
 use lines::Line;
-use transaction::Transaction;
+use transaction::{Body, Transaction};
 
 /// Consecutive errors after which we stop talking to a client.
 const MAX_ERRORS_IN_A_ROW: u32 = 20;
@@ -42,8 +42,8 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 enum Outcome {
     /// Send this and stay in the current state.
     Reply(Vec<u8>),
-    /// Send this status line, then the message body read from `file`.
-    Message { status: Vec<u8>, file: tokio::fs::File, top: Option<u64> },
+    /// Send this status line, then the message body (all of it, or TOP's part).
+    Message { status: Vec<u8>, body: Body, top: Option<u64> },
     /// Authenticated: send this and enter TRANSACTION.
     Enter(Box<Transaction>, Vec<u8>),
     /// Send this and close without touching the mailbox.
@@ -232,10 +232,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
             };
             match outcome {
                 Outcome::Reply(reply) => self.reply(reply).await?,
-                Outcome::Message { status, file, top } => {
+                Outcome::Message { status, body, top } => {
                     self.core.errors_in_a_row = 0;
-                    self.writer.write_all(&status).await?;
-                    self.stream_message(file, top).await?;
+                    self.stream_message(status, body, top).await?;
                 }
                 Outcome::Enter(transaction, reply) => {
                     self.core.state = State::Transaction(transaction);
@@ -351,22 +350,26 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
         within(timeout, write).await
     }
 
-    async fn stream_message(&mut self, mut file: tokio::fs::File, top: Option<u64>) -> std::io::Result<()> {
+    /// Send `status` and the encoded body; a small message goes out in a single write.
+    async fn stream_message(&mut self, status: Vec<u8>, body: Body, top: Option<u64>) -> std::io::Result<()> {
         let mut encoder = BodyEncoder::new(top);
-        let mut chunk = vec![0u8; STREAM_CHUNK];
-        let mut out = Vec::with_capacity(STREAM_CHUNK + STREAM_CHUNK / 8);
-        let timeout = self.core.context.shared.config.write_timeout();
-        while !encoder.is_done() {
-            // A read error here cannot become -ERR (the +OK is out): the connection is dropped.
-            let n = file.read(&mut chunk).await?;
-            if n == 0 {
-                break;
+        let mut out = status;
+        out.reserve(body.head.len() + body.head.len() / 16 + TERMINATOR.len() + 2);
+        encoder.push(&body.head, &mut out);
+        if let Some(mut file) = body.rest {
+            let timeout = self.core.context.shared.config.write_timeout();
+            let mut chunk = vec![0u8; STREAM_CHUNK];
+            while !encoder.is_done() {
+                within(timeout, self.writer.write_all(&out)).await?;
+                out.clear();
+                // A read error here cannot become -ERR (the +OK is out): the connection is dropped.
+                let n = file.read(&mut chunk).await?;
+                if n == 0 {
+                    break;
+                }
+                encoder.push(&chunk[..n], &mut out);
             }
-            out.clear();
-            encoder.push(&chunk[..n], &mut out);
-            within(timeout, self.writer.write_all(&out)).await?;
         }
-        out.clear();
         encoder.finish(&mut out);
         self.send(&out).await
     }

@@ -4,8 +4,35 @@ use std::sync::Arc;
 
 use super::Outcome;
 use crate::protocol::Command;
-use crate::protocol::response::{count as count_of, err, multi_line, ok};
+use std::io::{Read, Write};
+
+use crate::protocol::response::{TERMINATOR, count as count_of, err, ok};
 use crate::store::{Mailbox, Message, mailbox::open_message};
+
+/// Messages up to this size are read whole in the task that opens them: one trip to the
+/// blocking pool per RETR instead of one per read.
+const READ_AT_OPEN: u64 = 128 * 1024;
+
+/// A message ready to send: its first bytes, and the open file when there is more.
+#[derive(Debug)]
+pub struct Body {
+    /// The first (for most messages: all) bytes of the file.
+    pub head: Vec<u8>,
+    /// The rest of the file, for messages larger than [`READ_AT_OPEN`].
+    pub rest: Option<tokio::fs::File>,
+}
+
+impl Body {
+    /// Open `message` and read up to [`READ_AT_OPEN`] bytes. Blocking.
+    fn open(dir: &std::path::Path, message: &Message) -> std::io::Result<Body> {
+        let mut file = open_message(dir, message)?;
+        // The POP3 size bounds the file size, so this is usually the exact capacity.
+        let mut head = Vec::with_capacity(message.size.min(READ_AT_OPEN) as usize + 1);
+        (&mut file).take(READ_AT_OPEN).read_to_end(&mut head)?;
+        let rest = (head.len() as u64 == READ_AT_OPEN).then(|| tokio::fs::File::from_std(file));
+        Ok(Body { head, rest })
+    }
+}
 
 /// An open mailbox and the DELE marks on it.
 #[derive(Debug)]
@@ -29,6 +56,20 @@ impl Transaction {
     /// `(number, message)` for every message not marked deleted.
     fn live(&self) -> impl Iterator<Item = (usize, &Message)> {
         self.mailbox.messages().iter().enumerate().filter(|(i, _)| !self.deleted[*i]).map(|(i, m)| (i + 1, m))
+    }
+
+    /// A LIST or UIDL listing: `n <what>` per live message, built in one buffer. The lines
+    /// start with a digit, so none needs byte-stuffing.
+    fn listing(&self, status: &str, what: impl Fn(&mut Vec<u8>, &Message) -> std::io::Result<()>) -> Vec<u8> {
+        let mut out = ok(status);
+        out.reserve(self.deleted.len() * 32 + TERMINATOR.len());
+        for (n, message) in self.live() {
+            // Writing into a Vec cannot fail.
+            let _ = write!(out, "{n} ").and_then(|()| what(&mut out, message));
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(TERMINATOR);
+        out
     }
 
     /// The 0-based index of message `number`, or the `-ERR` to answer.
@@ -55,16 +96,16 @@ impl Transaction {
             }
             Command::List(None) => {
                 let (count, octets) = self.totals();
-                let lines = self.live().map(|(n, m)| format!("{n} {}", m.size));
-                multi_line(&format!("{} ({octets} octets)", count_of(count, "message")), lines)
+                self.listing(&format!("{} ({octets} octets)", count_of(count, "message")), |out, m| {
+                    write!(out, "{}", m.size)
+                })
             }
             Command::List(Some(n)) => match self.index(n) {
                 Ok(i) => ok(&format!("{} {}", i + 1, self.mailbox.messages()[i].size)),
                 Err(e) => e,
             },
             Command::Uidl(None) => {
-                let lines = self.live().map(|(n, m)| format!("{n} {}", m.uidl));
-                multi_line("unique-id listing follows", lines)
+                self.listing("unique-id listing follows", |out, m| out.write_all(m.uidl.as_bytes()))
             }
             Command::Uidl(Some(n)) => match self.index(n) {
                 Ok(i) => ok(&format!("{} {}", i + 1, self.mailbox.messages()[i].uidl)),
@@ -99,15 +140,15 @@ impl Transaction {
             Err(e) => return Outcome::Reply(e),
         };
         let mailbox = self.mailbox.clone();
-        let opened = tokio::task::spawn_blocking(move || open_message(mailbox.dir(), &mailbox.messages()[i])).await;
+        let opened = tokio::task::spawn_blocking(move || Body::open(mailbox.dir(), &mailbox.messages()[i])).await;
         match opened {
-            Ok(Ok(file)) => {
+            Ok(Ok(body)) => {
                 let size = self.mailbox.messages()[i].size;
                 let status = match top {
                     None => ok(&format!("{size} octets")),
                     Some(_) => ok("top of message follows"),
                 };
-                Outcome::Message { status, file: tokio::fs::File::from_std(file), top }
+                Outcome::Message { status, body, top }
             }
             Ok(Err(e)) => {
                 let path = self.mailbox.dir().join(&self.mailbox.messages()[i].relative_path);

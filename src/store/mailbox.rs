@@ -174,12 +174,13 @@ fn scan(dir: &Path) -> Result<Vec<Message>, String> {
     found.sort();
 
     let mut cache = SizeCache::load(dir);
+    let mut buf = vec![0u8; 64 * 1024]; // one read buffer for every file measured
     let mut messages = Vec::with_capacity(found.len());
     for (_, name, sub) in found {
         let relative_path = Path::new(sub).join(&name);
         let size = match size_from_name(name.as_bytes()) {
             Some(size) => size,
-            None => match cached_or_measured(&dir.join(&relative_path), base_name(name.as_bytes()), &mut cache) {
+            None => match cached_or_measured(&dir.join(&relative_path), base_name(name.as_bytes()), &mut cache, &mut buf) {
                 Ok(Some(size)) => size,
                 Ok(None) => continue, // not a regular file
                 Err(e) => {
@@ -200,7 +201,7 @@ fn scan(dir: &Path) -> Result<Vec<Message>, String> {
 
 /// The POP3 size of the file at `path`: from the cache when its length still matches, else
 /// counted by reading it once. `None` when it is not a regular file.
-fn cached_or_measured(path: &Path, base: &[u8], cache: &mut SizeCache) -> io::Result<Option<u64>> {
+fn cached_or_measured(path: &Path, base: &[u8], cache: &mut SizeCache, buf: &mut [u8]) -> io::Result<Option<u64>> {
     let metadata = fs::metadata(path)?;
     if !metadata.is_file() {
         return Ok(None);
@@ -210,10 +211,9 @@ fn cached_or_measured(path: &Path, base: &[u8], cache: &mut SizeCache) -> io::Re
     }
     let mut file = File::open(path)?;
     let mut size = WireSize::default();
-    let mut buf = vec![0u8; 64 * 1024];
     let mut len = 0u64;
     loop {
-        let n = file.read(&mut buf)?;
+        let n = file.read(buf)?;
         if n == 0 {
             break;
         }
