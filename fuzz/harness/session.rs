@@ -16,7 +16,7 @@
 //! missing ones (a few `stat` calls per run; copying the maildir or building a `Shared` per
 //! run would cost far more: `Shared::new` alone hashes the dummy password with argon2).
 //! The count of missing files must equal the count the server announced in
-//! `+OK apopd signing off (N messages deleted)`, and be 0 when there was no such line: a
+//! `+OK apopd signing off (N message(s) deleted)`, and be 0 when there was no such line: a
 //! dropped connection, an autologout or a too-many-errors close never deletes anything.
 //! Each run comes from a fresh loopback address (127.x.y.z), so the failed-login throttle,
 //! which counts per IP, starts clean every run and a run never depends on the ones before;
@@ -234,7 +234,8 @@ fn signing_off(text: &str) -> Option<usize> {
     if text == "apopd signing off" {
         return Some(0);
     }
-    let count = text.strip_prefix("apopd signing off (")?.strip_suffix(" messages deleted)")?;
+    let rest = text.strip_prefix("apopd signing off (")?;
+    let count = rest.strip_suffix(" messages deleted)").or_else(|| rest.strip_suffix(" message deleted)"))?;
     Some(count.parse().expect("deleted count"))
 }
 

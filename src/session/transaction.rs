@@ -104,9 +104,7 @@ impl Transaction {
                 Ok(i) => ok(&format!("{} {}", i + 1, self.mailbox.messages()[i].size)),
                 Err(e) => e,
             },
-            Command::Uidl(None) => {
-                self.listing("unique-id listing follows", |out, m| out.write_all(m.uidl.as_bytes()))
-            }
+            Command::Uidl(None) => self.listing("unique-id listing follows", |out, m| out.write_all(m.uidl.as_bytes())),
             Command::Uidl(Some(n)) => match self.index(n) {
                 Ok(i) => ok(&format!("{} {}", i + 1, self.mailbox.messages()[i].uidl)),
                 Err(e) => e,

@@ -180,15 +180,17 @@ fn scan(dir: &Path) -> Result<Vec<Message>, String> {
         let relative_path = Path::new(sub).join(&name);
         let size = match size_from_name(name.as_bytes()) {
             Some(size) => size,
-            None => match cached_or_measured(&dir.join(&relative_path), base_name(name.as_bytes()), &mut cache, &mut buf) {
-                Ok(Some(size)) => size,
-                Ok(None) => continue, // not a regular file
-                Err(e) => {
-                    // One unreadable file must not hide the rest of the mailbox.
-                    tracing::warn!(path = %dir.join(&relative_path).display(), error = %e, "skipping unreadable message");
-                    continue;
+            None => {
+                match cached_or_measured(&dir.join(&relative_path), base_name(name.as_bytes()), &mut cache, &mut buf) {
+                    Ok(Some(size)) => size,
+                    Ok(None) => continue, // not a regular file
+                    Err(e) => {
+                        // One unreadable file must not hide the rest of the mailbox.
+                        tracing::warn!(path = %dir.join(&relative_path).display(), error = %e, "skipping unreadable message");
+                        continue;
+                    }
                 }
-            },
+            }
         };
         let uidl = uidl_of(name.as_bytes());
         messages.push(Message { relative_path, size, uidl });
