@@ -103,6 +103,7 @@ mail_root = "$MAIL_A/{user}"
 users_file = "$CRED/users"
 apop_secrets_file = "$CRED/apop-secrets"
 max_connections = $((IDLE_SESSIONS + 1000))
+max_connections_per_ip = $((IDLE_SESSIONS + 1000))
 EOF
 
 wait_port() { # port: wait until something accepts on 127.0.0.1:port

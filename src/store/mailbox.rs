@@ -1,19 +1,17 @@
 //! A maildir opened for one POP3 session: locked, scanned once, numbered 1..n.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
 use std::io::{self, Read};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use crate::protocol::response::WireSize;
 
+use super::index::{self, Entry, Index, Sub};
 use super::lock::{LockError, MailboxLock};
-use super::size_cache::SizeCache;
 use super::uidl::{base_name, uidl_of};
 
-/// The maildir subdirectories messages are served from, in numbering order.
-const SERVED: [&str; 2] = ["cur", "new"];
 /// All subdirectories a maildir has.
 const SUBDIRS: [&str; 3] = ["cur", "new", "tmp"];
 
@@ -26,6 +24,16 @@ pub struct Message {
     pub size: u64,
     /// The RFC 1939 unique-id.
     pub uidl: String,
+}
+
+impl Message {
+    fn from_entry(entry: &Entry) -> Self {
+        Message {
+            relative_path: Path::new(entry.sub.dir()).join(OsStr::from_bytes(&entry.name)),
+            size: entry.size,
+            uidl: uidl_of(&entry.name),
+        }
+    }
 }
 
 /// Why a mailbox could not be opened.
@@ -102,9 +110,9 @@ impl Mailbox {
                 Err(e) => result.failed.push(format!("{}: {e}", message.relative_path.display())),
             }
         }
-        for sub in SERVED {
+        for sub in Sub::BOTH {
             // Make the unlinks durable; a failure here loses nothing, so it is only logged.
-            if let Err(e) = File::open(self.dir.join(sub)).and_then(|d| d.sync_all()) {
+            if let Err(e) = File::open(self.dir.join(sub.dir())).and_then(|d| d.sync_all()) {
                 tracing::warn!(dir = %self.dir.display(), error = %e, "cannot sync maildir directory");
             }
         }
@@ -144,8 +152,8 @@ pub fn open_message(dir: &Path, message: &Message) -> io::Result<File> {
 fn locate(dir: &Path, message: &Message) -> io::Result<Option<PathBuf>> {
     let Some(name) = message.relative_path.file_name() else { return Ok(None) };
     let wanted = base_name(name.as_bytes());
-    for sub in SERVED {
-        for entry in fs::read_dir(dir.join(sub))? {
+    for sub in Sub::BOTH {
+        for entry in fs::read_dir(dir.join(sub.dir()))? {
             let entry = entry?;
             if base_name(entry.file_name().as_bytes()) == wanted {
                 return Ok(Some(entry.path()));
@@ -155,11 +163,20 @@ fn locate(dir: &Path, message: &Message) -> io::Result<Option<PathBuf>> {
     Ok(None)
 }
 
-/// Read `cur/` and `new/` once: every regular, non-hidden file is a message.
+/// The mailbox's messages in session order: from the index when the directories have not
+/// changed since it was written, else by listing `cur/` and `new/` (every regular, non-hidden
+/// file is a message) and refreshing the index.
 fn scan(dir: &Path) -> Result<Vec<Message>, String> {
-    let mut found: Vec<(u64, OsString, &str)> = Vec::new();
-    for sub in SERVED {
-        let path = dir.join(sub);
+    // Taken before listing: a change during the listing makes the next login list again.
+    let times = index::dir_times(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+    let index = Index::load(dir);
+    if let Some(entries) = index.current(times) {
+        return Ok(entries.iter().map(Message::from_entry).collect());
+    }
+
+    let mut found: Vec<(u64, OsString, Sub)> = Vec::new();
+    for sub in Sub::BOTH {
+        let path = dir.join(sub.dir());
         let entries = fs::read_dir(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         for entry in entries {
             let entry = entry.map_err(|e| format!("cannot read {}: {e}", path.display()))?;
@@ -173,43 +190,39 @@ fn scan(dir: &Path) -> Result<Vec<Message>, String> {
     // Oldest first: maildir names start with the delivery time in seconds.
     found.sort();
 
-    let mut cache = SizeCache::load(dir);
     let mut buf = vec![0u8; 64 * 1024]; // one read buffer for every file measured
-    let mut messages = Vec::with_capacity(found.len());
+    let mut entries = Vec::with_capacity(found.len());
     for (_, name, sub) in found {
-        let relative_path = Path::new(sub).join(&name);
-        let size = match size_from_name(name.as_bytes()) {
-            Some(size) => size,
-            None => {
-                match cached_or_measured(&dir.join(&relative_path), base_name(name.as_bytes()), &mut cache, &mut buf) {
-                    Ok(Some(size)) => size,
-                    Ok(None) => continue, // not a regular file
-                    Err(e) => {
-                        // One unreadable file must not hide the rest of the mailbox.
-                        tracing::warn!(path = %dir.join(&relative_path).display(), error = %e, "skipping unreadable message");
-                        continue;
-                    }
+        let path = dir.join(sub.dir()).join(&name);
+        let name = name.into_vec();
+        let (len, size) = match size_from_name(&name) {
+            // The length is not needed when the name gives the size.
+            Some(size) => (0, size),
+            None => match indexed_or_measured(&path, base_name(&name), &index, &mut buf) {
+                Ok(Some(found)) => found,
+                Ok(None) => continue, // not a regular file
+                Err(e) => {
+                    // One unreadable file must not hide the rest of the mailbox.
+                    tracing::warn!(path = %path.display(), error = %e, "skipping unreadable message");
+                    continue;
                 }
-            }
+            },
         };
-        let uidl = uidl_of(name.as_bytes());
-        messages.push(Message { relative_path, size, uidl });
+        entries.push(Entry { sub, name, len, size });
     }
-    let live: std::collections::HashSet<&[u8]> =
-        messages.iter().filter_map(|m| m.relative_path.file_name()).map(|n| base_name(n.as_bytes())).collect();
-    cache.save(dir, &|base| live.contains(base));
-    Ok(messages)
+    index::save(dir, times, &entries);
+    Ok(entries.iter().map(Message::from_entry).collect())
 }
 
-/// The POP3 size of the file at `path`: from the cache when its length still matches, else
-/// counted by reading it once. `None` when it is not a regular file.
-fn cached_or_measured(path: &Path, base: &[u8], cache: &mut SizeCache, buf: &mut [u8]) -> io::Result<Option<u64>> {
+/// `(length, POP3 size)` of the file at `path`: the size from the index when the length still
+/// matches, else counted by reading the file once. `None` when it is not a regular file.
+fn indexed_or_measured(path: &Path, base: &[u8], index: &Index, buf: &mut [u8]) -> io::Result<Option<(u64, u64)>> {
     let metadata = fs::metadata(path)?;
     if !metadata.is_file() {
         return Ok(None);
     }
-    if let Some(size) = cache.get(base, metadata.len()) {
-        return Ok(Some(size));
+    if let Some(size) = index.size_of(base, metadata.len()) {
+        return Ok(Some((metadata.len(), size)));
     }
     let mut file = File::open(path)?;
     let mut size = WireSize::default();
@@ -222,8 +235,7 @@ fn cached_or_measured(path: &Path, base: &[u8], cache: &mut SizeCache, buf: &mut
         len += n as u64;
         size.push(&buf[..n]);
     }
-    cache.insert(base, len, size.finish());
-    Ok(Some(size.finish()))
+    Ok(Some((len, size.finish())))
 }
 
 /// The leading decimal number of a maildir name (its delivery time), for ordering.
@@ -281,18 +293,45 @@ mod tests {
         assert_eq!(Mailbox::open(dir.path()).unwrap().messages()[0].size, 7);
     }
 
+    /// Set both served directories' mtimes to `when`, as if nothing had changed since.
+    fn settle(dir: &Path, when: std::time::SystemTime) {
+        for sub in Sub::BOTH {
+            File::open(dir.join(sub.dir())).unwrap().set_modified(when).unwrap();
+        }
+    }
+
     #[test]
-    fn measured_sizes_are_cached_and_revalidated() {
+    fn measured_sizes_are_indexed_and_revalidated() {
         let dir = maildir_with(&[("new/1.a.host", b"a\nb\n"), ("cur/2.b.host:2,S", b"c\n")]);
         let first: Vec<u64> = Mailbox::open(dir.path()).unwrap().messages().iter().map(|m| m.size).collect();
-        assert_eq!(first, vec![6, 3]);
-        let cache = fs::read_to_string(dir.path().join(super::super::size_cache::CACHE_FILE)).unwrap();
-        assert!(cache.contains("4 6 1.a.host\n") && cache.contains("2 3 2.b.host\n"), "{cache}");
-        // A cached size is served without reading the file, as long as the length matches.
-        fs::write(dir.path().join(super::super::size_cache::CACHE_FILE), "apopd-sizes 1\n4 99 1.a.host\n").unwrap();
-        assert_eq!(Mailbox::open(dir.path()).unwrap().messages()[0].size, 99);
+        assert_eq!(first, vec![6, 3], "new/1.a comes before cur/2.b: delivery time 1 < 2");
+        // Directories changed just now: the next login lists them again, and a size is
+        // taken from the index only while the file keeps its length.
         fs::write(dir.path().join("new/1.a.host"), b"a\nbc\n").unwrap();
-        assert_eq!(Mailbox::open(dir.path()).unwrap().messages()[0].size, 7, "length changed: measured again");
+        let again: Vec<u64> = Mailbox::open(dir.path()).unwrap().messages().iter().map(|m| m.size).collect();
+        assert_eq!(again, vec![7, 3], "length changed: measured again");
+    }
+
+    #[test]
+    fn a_settled_maildir_is_served_from_the_index_until_it_changes() {
+        let dir = maildir_with(&[("new/1.a.host", b"a\n"), ("cur/2.b.host:2,S", b"bb\n")]);
+        let past = std::time::SystemTime::now() - std::time::Duration::from_secs(10);
+        settle(dir.path(), past);
+        assert_eq!(Mailbox::open(dir.path()).unwrap().messages().len(), 2);
+        // Proof that no directory is read now: a file rewritten in place (which maildir
+        // writers never do) keeps its indexed size, and a file added behind our back with the
+        // mtimes restored is not seen.
+        fs::write(dir.path().join("new/1.a.host"), b"longer\n").unwrap();
+        fs::write(dir.path().join("new/3.c.host"), b"c\n").unwrap();
+        settle(dir.path(), past);
+        let mailbox = Mailbox::open(dir.path()).unwrap();
+        let seen: Vec<(String, u64)> = mailbox.messages().iter().map(|m| (m.uidl.clone(), m.size)).collect();
+        assert_eq!(seen, vec![("1.a.host".to_owned(), 3), ("2.b.host".to_owned(), 4)]);
+        drop(mailbox);
+        // Any real change (here a delivery) moves new/'s mtime: the directories are read again.
+        fs::rename(dir.path().join("new/3.c.host"), dir.path().join("new/4.d.host")).unwrap();
+        let uidls: Vec<String> = Mailbox::open(dir.path()).unwrap().messages().iter().map(|m| m.uidl.clone()).collect();
+        assert_eq!(uidls, vec!["1.a.host", "2.b.host", "4.d.host"]);
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! Maildir storage: where a user's mailbox is, opening it for a session, delivery.
 
 pub mod deliver;
+pub mod index;
 pub mod lock;
 pub mod mailbox;
-pub mod size_cache;
 pub mod uidl;
 pub mod user_path;
 
