@@ -249,8 +249,12 @@ fn delivery_time(name: &[u8]) -> u64 {
 fn size_from_name(name: &[u8]) -> Option<u64> {
     let base = base_name(name);
     let at = memchr::memmem::find(base, b",W=")?;
-    let digits: Vec<u8> = base[at + 3..].iter().copied().take_while(u8::is_ascii_digit).collect();
-    String::from_utf8(digits).ok()?.parse().ok()
+    let digits = &base[at + 3..];
+    let digits = &digits[..digits.iter().take_while(|b| b.is_ascii_digit()).count()];
+    if digits.is_empty() || digits.len() > 19 {
+        return None;
+    }
+    Some(digits.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
 #[cfg(test)]
