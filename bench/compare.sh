@@ -232,7 +232,9 @@ scenario_retr() {
 scenario_big_mailbox() { # restart the server without its caches: the first login is the cold one
     local user=big${VARIANT}1
     if [ "$1" = apopd ]; then
-        stop_apopd; start_apopd   # apopd keeps nothing on disk
+        stop_apopd
+        rm -f "$MAIL_A/$user"/apopd.index   # its scan index: the first login rebuilds it
+        start_apopd
     else
         stop_dovecot
         rm -f "$MAIL_D/$user"/dovecot*   # index, cache and uidlist

@@ -154,10 +154,10 @@ for note in [
     "bound by round trips (each client waits for every reply) and by the other tenants of the machine "
     "(see the load average). Server CPU per operation is the steadier comparison of the servers.",
     "big-mailbox: the mailbox (100,000 messages in cur/) is served by a freshly started server; for Dovecot "
-    "its index files are deleted first, so the first login builds them. apopd keeps no index: it scans the "
-    "directory at every login (reading every file when names carry no `,W=` size), so its second-session "
-    "*login* is as slow as the first while STAT is then free; Dovecot does the opposite (fast login, "
-    "sizes at STAT). The derived \"login+STAT\" row compares the whole cost.",
+    "its index files are deleted first, and for apopd its `apopd.index`, so the first login builds them "
+    "(apopd reads every file whose name carries no `,W=` size). apopd computes everything at login and "
+    "STAT is then free; Dovecot logs in fast and computes sizes at STAT. The derived \"login+STAT\" row "
+    "compares the whole cost.",
     "idle: memory summed over the server's processes (Dovecot: master and every child, one `pop3` process "
     "per session). PSS shares each shared page among its users; RSS counts it in every process.",
     "delete-churn: both servers get new mail by tmp→new renames from the client, so the ratio compares the "

@@ -37,6 +37,21 @@ fn status(indicator: &str, text: &str) -> Vec<u8> {
     line
 }
 
+/// Append `n` in decimal (the hot path of LIST and UIDL on big mailboxes).
+pub fn push_number(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
 /// `1 message`, `2 messages`: counts in replies read as English.
 pub fn count(n: usize, noun: &str) -> String {
     if n == 1 { format!("1 {noun}") } else { format!("{n} {noun}s") }
@@ -250,6 +265,15 @@ mod tests {
         let long = "x".repeat(2000);
         assert_eq!(ok(&long).len(), MAX_RESPONSE_LINE);
         assert_eq!(err("a\r\nb"), b"-ERR a  b\r\n");
+    }
+
+    #[test]
+    fn numbers_in_decimal() {
+        for n in [0, 7, 10, 1234567890, u64::MAX] {
+            let mut out = b"x".to_vec();
+            push_number(&mut out, n);
+            assert_eq!(out, format!("x{n}").into_bytes());
+        }
     }
 
     #[test]

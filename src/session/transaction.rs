@@ -4,9 +4,9 @@ use std::sync::Arc;
 
 use super::Outcome;
 use crate::protocol::Command;
-use std::io::{Read, Write};
+use std::io::Read;
 
-use crate::protocol::response::{TERMINATOR, count as count_of, err, ok};
+use crate::protocol::response::{TERMINATOR, count as count_of, err, ok, push_number};
 use crate::store::{Mailbox, Message, mailbox::open_message};
 
 /// Messages up to this size are read whole in the task that opens them: one trip to the
@@ -60,12 +60,13 @@ impl Transaction {
 
     /// A LIST or UIDL listing: `n <what>` per live message, built in one buffer. The lines
     /// start with a digit, so none needs byte-stuffing.
-    fn listing(&self, status: &str, what: impl Fn(&mut Vec<u8>, &Message) -> std::io::Result<()>) -> Vec<u8> {
+    fn listing(&self, status: &str, what: impl Fn(&mut Vec<u8>, &Message)) -> Vec<u8> {
         let mut out = ok(status);
         out.reserve(self.deleted.len() * 32 + TERMINATOR.len());
         for (n, message) in self.live() {
-            // Writing into a Vec cannot fail.
-            let _ = write!(out, "{n} ").and_then(|()| what(&mut out, message));
+            push_number(&mut out, n as u64);
+            out.push(b' ');
+            what(&mut out, message);
             out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(TERMINATOR);
@@ -97,14 +98,16 @@ impl Transaction {
             Command::List(None) => {
                 let (count, octets) = self.totals();
                 self.listing(&format!("{} ({octets} octets)", count_of(count, "message")), |out, m| {
-                    write!(out, "{}", m.size)
+                    push_number(out, m.size)
                 })
             }
             Command::List(Some(n)) => match self.index(n) {
                 Ok(i) => ok(&format!("{} {}", i + 1, self.mailbox.messages()[i].size)),
                 Err(e) => e,
             },
-            Command::Uidl(None) => self.listing("unique-id listing follows", |out, m| out.write_all(m.uidl.as_bytes())),
+            Command::Uidl(None) => {
+                self.listing("unique-id listing follows", |out, m| out.extend_from_slice(m.uidl.as_bytes()))
+            }
             Command::Uidl(Some(n)) => match self.index(n) {
                 Ok(i) => ok(&format!("{} {}", i + 1, self.mailbox.messages()[i].uidl)),
                 Err(e) => e,
@@ -149,7 +152,7 @@ impl Transaction {
                 Outcome::Message { status, body, top }
             }
             Ok(Err(e)) => {
-                let path = self.mailbox.dir().join(&self.mailbox.messages()[i].relative_path);
+                let path = self.mailbox.dir().join(self.mailbox.messages()[i].relative_path());
                 tracing::error!(path = %path.display(), error = %e, "cannot read message");
                 Outcome::Reply(err(&format!("[SYS/TEMP] cannot read message {}", i + 1)))
             }

@@ -89,7 +89,17 @@ pub struct Index {
     times: DirTimes,
     written: u64,
     entries: Vec<Entry>,
-    sizes: HashMap<Vec<u8>, (u64, u64)>,
+}
+
+/// Recorded `(length, POP3 size)` by base name, for reusing sizes after a change.
+#[derive(Debug, Default)]
+pub struct Sizes(HashMap<Vec<u8>, (u64, u64)>);
+
+impl Sizes {
+    /// The POP3 size recorded for `base`, if the file still has length `len`.
+    pub fn size_of(&self, base: &[u8], len: u64) -> Option<u64> {
+        self.0.get(base).filter(|(l, _)| *l == len).map(|(_, size)| *size)
+    }
 }
 
 impl Index {
@@ -102,20 +112,20 @@ impl Index {
         })
     }
 
-    /// The messages, when the directories are exactly as they were at the last scan.
-    pub fn current(&self, now: DirTimes) -> Option<&[Entry]> {
+    /// True when the directories are exactly as they were at the last scan.
+    pub fn is_current(&self, now: DirTimes) -> bool {
         let settled = self.times.iter().all(|&t| t.saturating_add(SETTLE.as_nanos() as u64) <= self.written);
-        (self.written != 0 && settled && self.times == now).then_some(&self.entries[..])
+        self.written != 0 && settled && self.times == now
     }
 
-    /// The POP3 size recorded for `base`, if the file still has length `len`.
-    pub fn size_of(&self, base: &[u8], len: u64) -> Option<u64> {
-        self.sizes.get(base).filter(|(l, _)| *l == len).map(|(_, size)| *size)
+    /// The messages, when [`Index::is_current`]; the index is left empty.
+    pub fn take_if_current(&mut self, now: DirTimes) -> Option<Vec<Entry>> {
+        self.is_current(now).then(|| std::mem::take(&mut self.entries))
     }
 
-    /// True when `entries` and `times` are what the index already says.
-    pub fn describes(&self, times: DirTimes, entries: &[Entry]) -> bool {
-        self.times == times && self.entries == entries
+    /// The recorded sizes by base name (built only when the directories must be listed).
+    pub fn sizes(&self) -> Sizes {
+        Sizes(self.entries.iter().map(|e| (base_name(&e.name).to_vec(), (e.len, e.size))).collect())
     }
 }
 
@@ -139,8 +149,7 @@ fn parse(bytes: &[u8]) -> Option<Index> {
         let name = fields.next().filter(|n| !n.is_empty() && !n.contains(&b'/'))?.to_vec();
         entries.push(Entry { sub, name, len, size });
     }
-    let sizes = entries.iter().map(|e| (base_name(&e.name).to_vec(), (e.len, e.size))).collect();
-    Some(Index { times, written, entries, sizes })
+    Some(Index { times, written, entries })
 }
 
 /// Replace the index of `dir` with `entries`, scanned when the directories had `times`.
@@ -187,17 +196,17 @@ mod tests {
         let entries = vec![entry(Sub::Cur, "1.a.host:2,S", 10, 12), entry(Sub::New, "2.b.host", 5, 5)];
         let old = nanos(SystemTime::now()) - 10_000_000_000;
         save(dir.path(), [old, old], &entries);
-        let index = Index::load(dir.path());
-        assert_eq!(index.current([old, old]), Some(&entries[..]));
-        assert_eq!(index.current([old, old + 1]), None, "a directory changed");
-        assert_eq!(index.size_of(b"1.a.host", 10), Some(12));
-        assert_eq!(index.size_of(b"1.a.host", 11), None, "another length is measured again");
-        assert!(index.describes([old, old], &entries));
+        let mut index = Index::load(dir.path());
+        assert!(!index.is_current([old, old + 1]), "a directory changed");
+        let sizes = index.sizes();
+        assert_eq!(sizes.size_of(b"1.a.host", 10), Some(12));
+        assert_eq!(sizes.size_of(b"1.a.host", 11), None, "another length is measured again");
+        assert_eq!(index.take_if_current([old, old]), Some(entries.clone()));
 
         // Directories changed less than SETTLE before the index was written: not trusted.
         let recent = nanos(SystemTime::now());
         save(dir.path(), [recent, recent], &entries);
-        assert_eq!(Index::load(dir.path()).current([recent, recent]), None);
+        assert!(!Index::load(dir.path()).is_current([recent, recent]));
     }
 
     #[test]
@@ -213,8 +222,8 @@ mod tests {
         ] {
             fs::write(dir.path().join(INDEX_FILE), junk).unwrap();
             let index = Index::load(dir.path());
-            assert_eq!(index.current([1, 2]), None, "{junk:?}");
-            assert_eq!(index.size_of(b"1.a", 1), None);
+            assert!(!index.is_current([1, 2]), "{junk:?}");
+            assert_eq!(index.sizes().size_of(b"1.a", 1), None);
         }
     }
 }

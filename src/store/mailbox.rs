@@ -8,31 +8,35 @@ use std::path::{Path, PathBuf};
 
 use crate::protocol::response::WireSize;
 
-use super::index::{self, Entry, Index, Sub};
+use super::index::{self, Entry, Index, Sizes, Sub};
 use super::lock::{LockError, MailboxLock};
 use super::uidl::{base_name, uidl_of};
 
 /// All subdirectories a maildir has.
 const SUBDIRS: [&str; 3] = ["cur", "new", "tmp"];
 
-/// One message as the session sees it.
+/// One message as the session sees it (kept small: a session holds one per message).
 #[derive(Debug, Clone)]
 pub struct Message {
-    /// Where the file was at scan time (`cur/…` or `new/…`, relative to the maildir).
-    pub relative_path: PathBuf,
+    /// The subdirectory the file was in at scan time.
+    pub sub: Sub,
+    /// Its file name at scan time.
+    pub name: Box<[u8]>,
     /// Octets as transmitted: CRLF line endings, before byte-stuffing.
     pub size: u64,
     /// The RFC 1939 unique-id.
-    pub uidl: String,
+    pub uidl: Box<str>,
 }
 
 impl Message {
-    fn from_entry(entry: &Entry) -> Self {
-        Message {
-            relative_path: Path::new(entry.sub.dir()).join(OsStr::from_bytes(&entry.name)),
-            size: entry.size,
-            uidl: uidl_of(&entry.name),
-        }
+    fn from_entry(entry: Entry) -> Self {
+        let uidl = uidl_of(&entry.name).into_boxed_str();
+        Message { sub: entry.sub, name: entry.name.into_boxed_slice(), size: entry.size, uidl }
+    }
+
+    /// Where the file was at scan time, relative to the maildir (`cur/…` or `new/…`).
+    pub fn relative_path(&self) -> PathBuf {
+        Path::new(self.sub.dir()).join(OsStr::from_bytes(&self.name))
     }
 }
 
@@ -107,7 +111,7 @@ impl Mailbox {
             let Some(message) = self.messages.get(i) else { continue };
             match remove_one(&self.dir, message) {
                 Ok(()) => result.removed += 1,
-                Err(e) => result.failed.push(format!("{}: {e}", message.relative_path.display())),
+                Err(e) => result.failed.push(format!("{}: {e}", message.relative_path().display())),
             }
         }
         for sub in Sub::BOTH {
@@ -121,7 +125,7 @@ impl Mailbox {
 }
 
 fn remove_one(dir: &Path, message: &Message) -> io::Result<()> {
-    match fs::remove_file(dir.join(&message.relative_path)) {
+    match fs::remove_file(dir.join(message.relative_path())) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => match locate(dir, message)? {
             Some(path) => fs::remove_file(path),
             None => Ok(()), // already gone: the goal is reached
@@ -134,7 +138,7 @@ fn remove_one(dir: &Path, message: &Message) -> io::Result<()> {
 ///
 /// Blocking: call it from a blocking task.
 pub fn open_message(dir: &Path, message: &Message) -> io::Result<File> {
-    let file = match File::open(dir.join(&message.relative_path)) {
+    let file = match File::open(dir.join(message.relative_path())) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => match locate(dir, message)? {
             Some(path) => File::open(path)?,
             None => return Err(e),
@@ -150,8 +154,7 @@ pub fn open_message(dir: &Path, message: &Message) -> io::Result<File> {
 
 /// Find the current path of `message` by its base name in `cur/` and `new/`.
 fn locate(dir: &Path, message: &Message) -> io::Result<Option<PathBuf>> {
-    let Some(name) = message.relative_path.file_name() else { return Ok(None) };
-    let wanted = base_name(name.as_bytes());
+    let wanted = base_name(&message.name);
     for sub in Sub::BOTH {
         for entry in fs::read_dir(dir.join(sub.dir()))? {
             let entry = entry?;
@@ -169,10 +172,11 @@ fn locate(dir: &Path, message: &Message) -> io::Result<Option<PathBuf>> {
 fn scan(dir: &Path) -> Result<Vec<Message>, String> {
     // Taken before listing: a change during the listing makes the next login list again.
     let times = index::dir_times(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
-    let index = Index::load(dir);
-    if let Some(entries) = index.current(times) {
-        return Ok(entries.iter().map(Message::from_entry).collect());
+    let mut index = Index::load(dir);
+    if let Some(entries) = index.take_if_current(times) {
+        return Ok(entries.into_iter().map(Message::from_entry).collect());
     }
+    let sizes = index.sizes();
 
     let mut found: Vec<(u64, OsString, Sub)> = Vec::new();
     for sub in Sub::BOTH {
@@ -198,7 +202,7 @@ fn scan(dir: &Path) -> Result<Vec<Message>, String> {
         let (len, size) = match size_from_name(&name) {
             // The length is not needed when the name gives the size.
             Some(size) => (0, size),
-            None => match indexed_or_measured(&path, base_name(&name), &index, &mut buf) {
+            None => match indexed_or_measured(&path, base_name(&name), &sizes, &mut buf) {
                 Ok(Some(found)) => found,
                 Ok(None) => continue, // not a regular file
                 Err(e) => {
@@ -211,17 +215,17 @@ fn scan(dir: &Path) -> Result<Vec<Message>, String> {
         entries.push(Entry { sub, name, len, size });
     }
     index::save(dir, times, &entries);
-    Ok(entries.iter().map(Message::from_entry).collect())
+    Ok(entries.into_iter().map(Message::from_entry).collect())
 }
 
 /// `(length, POP3 size)` of the file at `path`: the size from the index when the length still
 /// matches, else counted by reading the file once. `None` when it is not a regular file.
-fn indexed_or_measured(path: &Path, base: &[u8], index: &Index, buf: &mut [u8]) -> io::Result<Option<(u64, u64)>> {
+fn indexed_or_measured(path: &Path, base: &[u8], sizes: &Sizes, buf: &mut [u8]) -> io::Result<Option<(u64, u64)>> {
     let metadata = fs::metadata(path)?;
     if !metadata.is_file() {
         return Ok(None);
     }
-    if let Some(size) = index.size_of(base, metadata.len()) {
+    if let Some(size) = sizes.size_of(base, metadata.len()) {
         return Ok(Some((metadata.len(), size)));
     }
     let mut file = File::open(path)?;
@@ -283,9 +287,9 @@ mod tests {
         let mailbox = Mailbox::open(dir.path()).unwrap();
         let m = mailbox.messages();
         assert_eq!(m.len(), 2);
-        assert_eq!(m[0].uidl, "100.b.host");
+        assert_eq!(&*m[0].uidl, "100.b.host");
         assert_eq!(m[0].size, 20);
-        assert_eq!(m[1].uidl, "300.a.host");
+        assert_eq!(&*m[1].uidl, "300.a.host");
         assert_eq!(m[1].size, 20, "bare LFs count as CRLF");
     }
 
@@ -329,12 +333,13 @@ mod tests {
         fs::write(dir.path().join("new/3.c.host"), b"c\n").unwrap();
         settle(dir.path(), past);
         let mailbox = Mailbox::open(dir.path()).unwrap();
-        let seen: Vec<(String, u64)> = mailbox.messages().iter().map(|m| (m.uidl.clone(), m.size)).collect();
+        let seen: Vec<(String, u64)> = mailbox.messages().iter().map(|m| (m.uidl.to_string(), m.size)).collect();
         assert_eq!(seen, vec![("1.a.host".to_owned(), 3), ("2.b.host".to_owned(), 4)]);
         drop(mailbox);
         // Any real change (here a delivery) moves new/'s mtime: the directories are read again.
         fs::rename(dir.path().join("new/3.c.host"), dir.path().join("new/4.d.host")).unwrap();
-        let uidls: Vec<String> = Mailbox::open(dir.path()).unwrap().messages().iter().map(|m| m.uidl.clone()).collect();
+        let uidls: Vec<String> =
+            Mailbox::open(dir.path()).unwrap().messages().iter().map(|m| m.uidl.to_string()).collect();
         assert_eq!(uidls, vec!["1.a.host", "2.b.host", "4.d.host"]);
     }
 
