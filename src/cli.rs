@@ -100,15 +100,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
         Command::Serve { config } => serve(config),
         Command::CheckConfig { config } => {
-            let path = match config {
-                Some(path) => path,
-                None => default_config(false)?.0,
+            let (path, demo_dir) = match config {
+                Some(path) => (path, None),
+                None => default_config()?,
             };
-            let config = Config::load(&path)?;
-            println!("{}", config.to_toml().trim_end());
-            // Read the users files and the certificate too, as `serve` would.
-            apopd::server::Shared::new(config)?;
-            eprintln!("{}: OK", path.display());
+            let checked = check_config(&path);
+            if let Some(dir) = &demo_dir {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            checked?;
+            let shown = if demo_dir.is_some() { Path::new(demo::DEMO_SOURCE).join(demo::DEMO_CONFIG) } else { path };
+            eprintln!("{}: OK", shown.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::ApopDigest { timestamp, secret } => {
@@ -125,24 +127,24 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// The config `serve` and `check-config` use without --config: /etc/apopd/apopd.toml when it
-/// exists, else the bundled demo (its source copy for check-config, a fresh copy for serve).
-fn default_config(copy_demo: bool) -> anyhow::Result<(PathBuf, Option<PathBuf>)> {
+/// exists, else a fresh private copy of the bundled demo (returned too, for removal): git
+/// cannot record the 0600 mode the users files need, so the copy is what can be served.
+fn default_config() -> anyhow::Result<(PathBuf, Option<PathBuf>)> {
     if Path::new(DEFAULT_CONFIG).exists() {
         return Ok((PathBuf::from(DEFAULT_CONFIG), None));
     }
-    if !copy_demo {
-        return Ok((Path::new(demo::DEMO_SOURCE).join(demo::DEMO_CONFIG), None));
-    }
     let dir = demo::prepare()?;
-    eprintln!("apopd: serving the demo from {} (a fresh copy of {})", dir.display(), demo::DEMO_SOURCE);
     Ok((dir.join(demo::DEMO_CONFIG), Some(dir)))
 }
 
 fn serve(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let (path, demo_dir) = match config {
         Some(path) => (path, None),
-        None => default_config(true)?,
+        None => default_config()?,
     };
+    if let Some(dir) = &demo_dir {
+        eprintln!("apopd: serving the demo from {} (a fresh copy of {})", dir.display(), demo::DEMO_SOURCE);
+    }
     let config = Config::load(&path)?;
     let (run_as_user, run_as_group) = (config.run_as_user.clone(), config.run_as_group.clone());
     // Bind and read keys as root, then drop root before the runtime starts any thread.
@@ -173,6 +175,15 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         let _ = std::fs::remove_dir_all(dir);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Load, print and fully check a config: also the users files and the certificate, as
+/// `serve` would read them.
+fn check_config(path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    println!("{}", config.to_toml().trim_end());
+    apopd::server::Shared::new(config)?;
+    Ok(())
 }
 
 /// Completes on SIGINT or SIGTERM.
