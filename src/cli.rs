@@ -37,7 +37,7 @@ enum Command {
     },
     /// Validate a config file and print the effective configuration.
     CheckConfig {
-        /// The config file (default: the bundled demo's).
+        /// The config file (default: /etc/apopd/apopd.toml if it exists, else a copy of the bundled demo).
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
