@@ -1,4 +1,4 @@
-//! The AUTHORIZATION state: USER/PASS, APOP and QUIT.
+//! The AUTHORIZATION state: USER/PASS, APOP, AUTH (SASL), STLS and QUIT.
 
 use std::time::Instant;
 
