@@ -694,3 +694,25 @@ fn fetchmail_over_pop3s_with_certificate_check() {
     let expected: Vec<Vec<u8>> = files_of(&fixture, "alice").iter().map(|f| expected_lf(f)).collect();
     assert_same_messages("fetchmail over pop3s", &got, &expected);
 }
+
+#[test]
+fn only_tls_1_2_and_1_3_are_spoken() {
+    require("openssl", "openssl");
+    let (_fixture, server) = tls_server();
+    let home = tempfile::tempdir().unwrap();
+    let handshake = |version: &str| {
+        let mut cmd = bounded("openssl", home.path());
+        // SECLEVEL=0 so that OpenSSL itself is willing to offer the old version.
+        cmd.args(["s_client", version, "-cipher", "DEFAULT@SECLEVEL=0", "-connect"])
+            .arg(server.tls_addr.unwrap().to_string())
+            .arg("-CAfile")
+            .arg(demo_ca());
+        let out = run(&mut cmd);
+        show(&out.stdout) + &show(&out.stderr)
+    };
+    assert!(handshake("-tls1_2").contains("New, TLSv1.2, Cipher is"));
+    assert!(handshake("-tls1_3").contains("New, TLSv1.3, Cipher is"));
+    let old = handshake("-tls1_1");
+    assert!(old.contains("New, (NONE), Cipher is (NONE)"), "TLS 1.1 must not be negotiated: {old}");
+    assert!(old.contains("alert"), "the server refuses it with an alert: {old}");
+}
