@@ -229,7 +229,12 @@ pub async fn reload_tls_on_hangup(shared: Arc<Shared>) {
     }
 }
 
+/// Refusals answered at once; past this, over-limit connections are just closed, so a flood
+/// cannot make the refusals themselves (a TLS handshake each on POP3S) the unbounded work.
+const MAX_REFUSALS_IN_FLIGHT: usize = 64;
+
 async fn accept_loop(listener: TcpListener, kind: Kind, shared: Arc<Shared>, limit: Arc<Semaphore>) {
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -241,33 +246,49 @@ async fn accept_loop(listener: TcpListener, kind: Kind, shared: Arc<Shared>, lim
             }
         };
         let _ = stream.set_nodelay(true);
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "connection limit reached; refusing");
-            tokio::spawn(refuse(stream, kind, shared.clone(), "too many connections"));
-            continue;
-        };
-        let Some(slot) = shared.admit(peer.ip()) else {
-            tracing::warn!(%peer, "per-IP connection limit reached; refusing");
-            tokio::spawn(refuse(stream, kind, shared.clone(), "too many connections from your address"));
-            continue;
-        };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            match (kind, shared.tls.as_ref()) {
-                (Kind::Tls, Some(tls)) => {
-                    let handshake = tokio::time::timeout(session::HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream));
-                    match handshake.await {
-                        Ok(Ok(stream)) => session::serve(stream, peer, shared, true).await,
-                        Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
-                    }
+        let why = match limit.clone().try_acquire_owned() {
+            Err(_) => "too many connections",
+            Ok(permit) => match shared.admit(peer.ip()) {
+                None => "too many connections from your address",
+                Some(slot) => {
+                    tokio::spawn(serve_connection(stream, peer, kind, shared.clone(), permit, slot));
+                    continue;
                 }
-                _ => session::serve(stream, peer, shared, false).await,
-            }
-            drop(slot);
-            drop(permit);
-        });
+            },
+        };
+        tracing::warn!(%peer, "{why}; refusing");
+        if let Ok(refusal) = refusals.clone().try_acquire_owned() {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                refuse(stream, kind, shared, why).await;
+                drop(refusal);
+            });
+        }
     }
+}
+
+/// One accepted connection: TLS handshake first on a POP3S listener, then the session.
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    kind: Kind,
+    shared: Arc<Shared>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    slot: IpSlot,
+) {
+    match (kind, shared.tls.as_ref()) {
+        (Kind::Tls, Some(tls)) => {
+            let handshake = tokio::time::timeout(session::HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream));
+            match handshake.await {
+                Ok(Ok(stream)) => session::serve(stream, peer, shared.clone(), true).await,
+                Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+            }
+        }
+        _ => session::serve(stream, peer, shared.clone(), false).await,
+    }
+    // The connection's place in both limits is given back only now.
+    drop((slot, permit));
 }
 
 /// Answer `-ERR [SYS/TEMP]` and close (over TLS on a POP3S listener, or the client sees garbage).

@@ -176,9 +176,9 @@ fn write(dir: &Path, times: DirTimes, entries: &[Entry]) -> io::Result<()> {
         out.push(b'\n');
     }
     let tmp = dir.join(format!(".{INDEX_FILE}.tmp"));
-    let mut file = File::create(&tmp)?;
-    file.write_all(&out)?;
-    file.sync_all()?;
+    // No fsync: the index is a cache. After a crash a torn or empty file is malformed and
+    // rebuilt, so durability would only add a disk flush to logins.
+    File::create(&tmp)?.write_all(&out)?;
     fs::rename(&tmp, dir.join(INDEX_FILE))
 }
 

@@ -107,6 +107,9 @@ impl Mailbox {
     /// Blocking: call it from a blocking task.
     pub fn remove(&self, indexes: &[usize]) -> Removal {
         let mut result = Removal::default();
+        if indexes.is_empty() {
+            return result; // most QUITs delete nothing: no directory syncs for them
+        }
         for &i in indexes {
             let Some(message) = self.messages.get(i) else { continue };
             match remove_one(&self.dir, message) {
