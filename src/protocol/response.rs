@@ -177,6 +177,28 @@ impl WireSize {
         self.last = Some(last);
     }
 
+    /// Count the longest prefix of `chunk` that keeps [`WireSize::finish`] within `limit`, and
+    /// return its length: how a message that grew after LIST is cut at the announced size.
+    pub fn push_within(&mut self, chunk: &[u8], limit: u64) -> usize {
+        let mut all = self.clone();
+        all.push(chunk);
+        if all.finish() <= limit {
+            *self = all;
+            return chunk.len();
+        }
+        // finish() never shrinks as a prefix grows, so the longest fitting prefix is found
+        // by bisection (this runs once, on the last chunk of a file that grew).
+        let (mut fits, mut too_long) = (0, chunk.len());
+        while too_long - fits > 1 {
+            let mid = fits + (too_long - fits) / 2;
+            let mut probe = self.clone();
+            probe.push(&chunk[..mid]);
+            if probe.finish() <= limit { fits = mid } else { too_long = mid }
+        }
+        self.push(&chunk[..fits]);
+        fits
+    }
+
     /// The total, counting the line ending added to an unterminated last line.
     pub fn finish(&self) -> u64 {
         self.total
