@@ -326,5 +326,26 @@ mod tests {
         fn chunking_never_changes_output(msg in message(), chunk in 1usize..32, top in proptest::option::of(0u64..5)) {
             prop_assert_eq!(encode(&msg, top, chunk), encode(&msg, top, msg.len().max(1)));
         }
+
+        #[test]
+        fn push_within_keeps_the_longest_prefix_that_fits(msg in message(), chunk in 1usize..32, limit in 0u64..200) {
+            let mut counted = WireSize::default();
+            let mut kept = Vec::new();
+            for piece in msg.chunks(chunk) {
+                let fits = counted.push_within(piece, limit);
+                kept.extend_from_slice(&piece[..fits]);
+                if fits < piece.len() {
+                    break;
+                }
+            }
+            prop_assert_eq!(counted.finish(), wire_size(&kept));
+            prop_assert!(wire_size(&kept) <= limit);
+            if wire_size(&msg) <= limit {
+                prop_assert_eq!(&kept, &msg);
+            } else {
+                // One more byte would not fit.
+                prop_assert!(wire_size(&msg[..kept.len() + 1]) > limit);
+            }
+        }
     }
 }
