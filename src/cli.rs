@@ -182,7 +182,7 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
 fn check_config(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     println!("{}", config.to_toml().trim_end());
-    apopd::server::Shared::new(config)?;
+    apopd::shared::Shared::new(config)?;
     Ok(())
 }
 
