@@ -191,7 +191,7 @@ fn check_config(path: &Path) -> anyhow::Result<()> {
     for warning in config.warnings() {
         eprintln!("apopd check-config: warning: {warning}");
     }
-    apopd::server::Shared::new(config)?;
+    apopd::shared::Shared::new(config)?;
     Ok(())
 }
 

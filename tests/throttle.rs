@@ -13,7 +13,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use apopd::server::Shared;
+use apopd::shared::Shared;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use tokio::io::{AsyncRead, AsyncWrite};

@@ -19,7 +19,7 @@ use tracing::Instrument;
 use crate::auth::sasl::{self, Mechanism};
 use crate::protocol::response::{self, BodyEncoder, TERMINATOR, WireSize};
 use crate::protocol::{Command, command};
-use crate::server::Shared;
+use crate::shared::Shared;
 use lines::Line;
 use transaction::{Body, Transaction};
 
