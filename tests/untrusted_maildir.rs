@@ -350,9 +350,13 @@ fn build(fixture: &Fixture, secret: &Path, tree: &[(bool, bool, bool, Trap)], ro
         fs::remove_dir_all(alice.join(sub)).unwrap();
         fs::create_dir(alice.join(sub)).unwrap();
     }
+    // Unique names, as maildir writers make them: the index may reuse the size it recorded
+    // for a name whose file has the same length.
+    static CASE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let case = CASE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut served = Vec::new();
     for (i, (in_new, sized, flags, trap)) in tree.iter().enumerate() {
-        let mut name = format!("{}.M{i}.trap", 1_800_000_000 + i);
+        let mut name = format!("{}.M{i}C{case}.trap", 1_800_000_000 + i);
         if *sized {
             name.push_str(",S=40,W=42"); // deliberately wrong for most: sizes of links must not matter
         }
