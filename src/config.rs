@@ -14,7 +14,7 @@ use crate::store::{MailRoot, OwnerRule, Policy};
 /// RFC 1939 §3: an inactivity autologout timer must be at least 10 minutes.
 pub const MIN_IDLE_TIMEOUT_SECS: u64 = 600;
 
-/// Everything `apopd serve` needs; see the README for each key.
+/// Everything `apopd serve` needs; docs/configuration.md describes each key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
