@@ -96,11 +96,6 @@ impl MailRoot {
     pub fn template(&self) -> &str {
         &self.template
     }
-
-    /// The maildir of `user`, or `None` when the name could address anything but its own directory.
-    pub fn maildir_of(&self, user: &str) -> Option<PathBuf> {
-        is_valid_user_name(user).then(|| PathBuf::from(self.template.replace(USER_PLACEHOLDER, user)))
-    }
 }
 
 #[cfg(test)]
@@ -111,10 +106,13 @@ mod tests {
     fn escaping_names_are_refused() {
         let root = MailRoot::new("/srv/mail/{user}").unwrap();
         for bad in ["", "..", "../../etc", "a/b", ".hidden", "a..b", "a b", "a\0b", "ä", &"x".repeat(65)] {
-            assert_eq!(root.maildir_of(bad), None, "{bad:?}");
+            assert_eq!(root.locate(bad).map(|l| l.path()), None, "{bad:?}");
         }
-        assert_eq!(root.maildir_of("alice"), Some(PathBuf::from("/srv/mail/alice")));
-        assert_eq!(root.maildir_of("a.b+c@example.org"), Some(PathBuf::from("/srv/mail/a.b+c@example.org")));
+        assert_eq!(root.locate("alice").map(|l| l.path()), Some(PathBuf::from("/srv/mail/alice")));
+        assert_eq!(
+            root.locate("a.b+c@example.org").map(|l| l.path()),
+            Some(PathBuf::from("/srv/mail/a.b+c@example.org"))
+        );
     }
 
     #[test]
@@ -122,7 +120,7 @@ mod tests {
         assert!(MailRoot::new("/srv/mail").is_err());
         assert!(MailRoot::new("/srv/mail/{user}/../x").is_err());
         let home = MailRoot::new("/home/{user}/Maildir").unwrap();
-        assert_eq!(home.maildir_of("bob"), Some(PathBuf::from("/home/bob/Maildir")));
+        assert_eq!(home.locate("bob").map(|l| l.path()), Some(PathBuf::from("/home/bob/Maildir")));
         assert!(home.is_home_layout());
         assert!(!MailRoot::new("/srv/mail/{user}").unwrap().is_home_layout());
     }
