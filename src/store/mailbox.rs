@@ -223,8 +223,8 @@ fn scan(maildir: &Maildir, max_size: u64) -> Result<Vec<Message>, String> {
 }
 
 /// `(length, POP3 size)` of a message: the size from the index when the length (from the
-/// listing, else from the open file) still matches, else counted by reading at most
-/// `max_size` bytes of the file once.
+/// listing, else from a `stat`) still matches, else counted by reading at most `max_size`
+/// bytes of the file once.
 fn indexed_or_measured(
     maildir: &Maildir,
     sub: Sub,
@@ -234,15 +234,14 @@ fn indexed_or_measured(
     buf: &mut [u8],
     max_size: u64,
 ) -> io::Result<(u64, u64)> {
-    if let Some(size) = listed_len.and_then(|len| sizes.size_of(base_name(name), len)) {
-        return Ok((listed_len.unwrap_or(0), size));
+    let len = match listed_len {
+        Some(len) => len,
+        None => maildir.length(sub, name)?,
+    };
+    if let Some(size) = sizes.size_of(base_name(name), len) {
+        return Ok((len, size));
     }
-    let file = maildir.open_message(sub, name)?;
-    let file_len = file.metadata()?.len();
-    if let Some(size) = sizes.size_of(base_name(name), file_len) {
-        return Ok((file_len, size));
-    }
-    let mut file = file.take(max_size.saturating_add(1));
+    let mut file = maildir.open_message(sub, name)?.take(max_size.saturating_add(1));
     let mut size = WireSize::default();
     let mut len = 0u64;
     loop {

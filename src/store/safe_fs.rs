@@ -112,6 +112,9 @@ pub struct Maildir {
     tmp: OwnedFd,
     /// The uid every message must have, when the rule checks owners.
     file_owner: Option<u32>,
+    /// Per subdirectory (`cur/`, `new/`): only apopd's own user can add entries to it, so a
+    /// listing need not `stat` each file for its owner (the open descriptor is still checked).
+    only_we_write: [bool; 2],
     max_message_size: u64,
 }
 
@@ -147,18 +150,12 @@ impl Maildir {
             dir = open_dir(&dir, part, !policy.allow_symlinked_maildir, &walked)?;
         }
         let [cur, new, tmp] = ["cur", "new", "tmp"].map(|sub| open_dir(&dir, OsStr::new(sub), true, &path.join(sub)));
+        let (cur, new, tmp) = (cur?, new?, tmp?);
         let stat = fstat(&dir).map_err(|e| io_err(&path.display().to_string(), e))?;
         let file_owner =
             if check_owner { required_owner(policy.owner, &location.user, &path, stat.st_uid)? } else { None };
-        Ok(Maildir {
-            dir,
-            cur: cur?,
-            new: new?,
-            tmp: tmp?,
-            file_owner,
-            max_message_size: policy.max_message_size,
-            path,
-        })
+        let only_we_write = [&cur, &new].map(|fd| fstat(fd).is_ok_and(|st| writable_only_by_us(&st)));
+        Ok(Maildir { dir, cur, new, tmp, file_owner, only_we_write, max_message_size: policy.max_message_size, path })
     }
 
     /// The maildir's path, for logs.
@@ -196,9 +193,11 @@ impl Maildir {
                 self.skip(sub, name, "not a regular file");
                 continue;
             }
-            // The owner (and, for unknown d_type, the kind) needs a stat; the rule is enforced
-            // again on the open descriptor when the message is read.
-            if self.file_owner.is_none() && is_file == Some(true) {
+            // The owner (and, for unknown d_type, the kind) needs a stat, unless nobody but
+            // apopd's user can have put the file here; the rules are enforced again on the
+            // open descriptor when the message is read.
+            let owner_known = self.file_owner.is_none() || self.only_we_write[sub as usize];
+            if owner_known && is_file == Some(true) {
                 found.push(Listed { name: name.to_owned(), len: None });
                 continue;
             }
@@ -216,6 +215,15 @@ impl Maildir {
 
     fn skip(&self, sub: Sub, name: &OsStr, why: &str) {
         tracing::warn!(maildir = %self.path.display(), file = ?Path::new(sub.dir()).join(name), why, "not serving a file in the maildir");
+    }
+
+    /// The length of message `name`, when it may be served (else why not, as an error).
+    pub fn length(&self, sub: Sub, name: &[u8]) -> io::Result<u64> {
+        let st = fstatat(self.sub(sub), single_component(name)?, AtFlags::AT_SYMLINK_NOFOLLOW)?;
+        match self.refusal(&st) {
+            None => Ok(st.st_size as u64),
+            Some(why) => Err(io::Error::new(io::ErrorKind::PermissionDenied, why)),
+        }
     }
 
     /// Why a file with this status must not be served, if it must not.
@@ -310,6 +318,13 @@ impl Maildir {
         let (from, to) = (single_component(tmp_name.as_bytes())?, single_component(new_name.as_bytes())?);
         Ok(renameat(&self.tmp, from, &self.new, to)?)
     }
+}
+
+/// True for a directory owned by the user apopd runs as (or root) that neither group nor
+/// others may write to (with POSIX ACLs, the group bits are the mask, so this covers them).
+fn writable_only_by_us(st: &FileStat) -> bool {
+    let ours = st.st_uid == geteuid().as_raw() || st.st_uid == 0;
+    ours && st.st_mode & 0o022 == 0
 }
 
 /// A name that stays in its directory: one component, not `.` or `..`.
