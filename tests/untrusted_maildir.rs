@@ -24,6 +24,40 @@ const SECRET: &str = "TOP-SECRET-0600-MARKER";
 const ALICE_STAT: &str = "+OK 5 3038";
 /// A uid no file here belongs to, for the ownership rules (root only).
 const STRANGER: u32 = 4242;
+/// The uid that plays alice's own account, owning her maildir (root only).
+const ALICE_UID: u32 = 4243;
+
+/// Make alice's maildir one she can write to herself, as in a home directory: hers (as
+/// root), else group- and world-writable. Either way apopd's listing must then check every file.
+fn hand_to_alice(maildir: &Path) {
+    for sub in ["", "cur", "new", "tmp"] {
+        let dir = maildir.join(sub);
+        for entry in fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if fs::symlink_metadata(&path).unwrap().is_file() {
+                alices(&path);
+            }
+        }
+        alices(&dir);
+        if !Uid::effective().is_root() {
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+        }
+    }
+}
+
+/// Give one file (never through a link) to alice's uid, when running as root.
+fn alices(path: &Path) {
+    if Uid::effective().is_root() {
+        nix::unistd::fchownat(
+            nix::fcntl::AT_FDCWD,
+            path,
+            Some(Uid::from_raw(ALICE_UID)),
+            None,
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .unwrap();
+    }
+}
 
 /// A server process on a fresh demo copy, with a 0600 secret beside (not under) the mail root.
 fn start(extra: &str) -> (Fixture, ServerProcess, PathBuf) {
@@ -31,6 +65,7 @@ fn start(extra: &str) -> (Fixture, ServerProcess, PathBuf) {
     let secret = fixture.dir.path().join("secret.txt");
     fs::write(&secret, format!("Subject: {SECRET}\n\n{SECRET}\n")).unwrap();
     fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+    hand_to_alice(&fixture.maildir("alice"));
     let server = ServerProcess::spawn(&fixture.config_path);
     (fixture, server, secret)
 }
@@ -155,6 +190,7 @@ async fn a_64_gib_sparse_file_is_skipped_without_being_read() {
     {
         let file = fs::File::create(alice.join(name)).unwrap();
         file.set_len(if name.contains("S=1,") { 1 } else { huge }).unwrap();
+        alices(&alice.join(name));
     }
     let before = bytes_read_by(server.pid());
     let mut c = login_alice(&server).await;
@@ -174,6 +210,7 @@ async fn a_message_that_grows_after_list_is_cut_at_the_announced_size() {
     // One small message (read whole at RETR) and one past the 128 KiB read-at-open size (streamed).
     let big: Vec<u8> = (0..4000).flat_map(|i| format!("line {i} of a long message\n").into_bytes()).collect();
     fs::write(alice.join("new/1800000000.big.host"), &big).unwrap();
+    alices(&alice.join("new/1800000000.big.host"));
     let mut c = login_alice(&server).await;
     let files = fixture.message_files("alice");
     for (n, path) in [(1, &files[0]), (6, &alice.join("new/1800000000.big.host"))] {
@@ -208,6 +245,7 @@ async fn files_of_another_owner_and_a_hard_link_to_a_stranger_file_are_skipped()
     chown(&secret, Some(Uid::from_raw(STRANGER)), None).unwrap();
     fs::hard_link(&secret, alice.join("cur/1800000000.hardlink.host:2,S")).unwrap();
     let foreign = alice.join("new/1800000001.foreign.host,S=5,W=7");
+    // (written by root here: that is another owner too)
     fs::write(&foreign, "x\ny\n").unwrap();
     chown(&foreign, Some(Uid::from_raw(STRANGER)), None).unwrap();
     let mut c = login_alice(&server).await;
@@ -225,12 +263,12 @@ async fn a_maildir_of_the_wrong_owner_is_refused_under_mail_user() {
     if !is_root() {
         return;
     }
-    let (fixture, server, _) = start("maildir_owner = \"mail_user\"");
-    chown(&fixture.maildir("bob"), Some(Uid::from_raw(STRANGER)), None).unwrap();
+    // alice's maildir belongs to her own uid; bob's to the user apopd runs as (root here).
+    let (_fixture, server, _) = start("maildir_owner = \"mail_user\"");
     let mut c = Client::connect(server.addr).await;
-    assert!(c.login("bob", BOB_PASSWORD).await.starts_with("-ERR [SYS/PERM]"));
-    server.wait_for_log(&format!("owned by uid {STRANGER}"), 1);
-    assert!(c.apop("alice", ALICE_APOP_SECRET).await.starts_with("+OK alice's maildrop has 5"));
+    assert!(c.apop("alice", ALICE_APOP_SECRET).await.starts_with("-ERR [SYS/PERM]"));
+    server.wait_for_log(&format!("owned by uid {ALICE_UID}"), 1);
+    assert!(c.login("bob", BOB_PASSWORD).await.starts_with("+OK bob's maildrop has 2"));
 }
 
 /// Nanoseconds since the epoch of a directory's mtime.
@@ -350,6 +388,7 @@ fn build(fixture: &Fixture, secret: &Path, tree: &[(bool, bool, bool, Trap)], ro
         fs::remove_dir_all(alice.join(sub)).unwrap();
         fs::create_dir(alice.join(sub)).unwrap();
     }
+    hand_to_alice(&alice);
     // Unique names, as maildir writers make them: the index may reuse the size it recorded
     // for a name whose file has the same length.
     static CASE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -367,7 +406,8 @@ fn build(fixture: &Fixture, secret: &Path, tree: &[(bool, bool, bool, Trap)], ro
         match trap {
             Trap::Message(text) => {
                 let name = name.replace(",S=40,W=42", "");
-                fs::write(path.with_file_name(name), text).unwrap();
+                fs::write(path.with_file_name(&name), text).unwrap();
+                alices(&path.with_file_name(name));
                 served.push(crlf(text.as_bytes()));
             }
             Trap::LinkToSecret => symlink(secret, &path).unwrap(),
