@@ -1,4 +1,4 @@
-//! The `apopd` binary's subcommands: apop-digest, user add/passwd/del/list (against a running
+//! The `apopd` binary's subcommands: --version, apop-digest, user add/passwd/del/list (against a running
 //! server, which must pick up the changes without a restart), serve's refusals, check-config,
 //! deliver (with sysexits codes) and the no-argument demo.
 
@@ -120,6 +120,21 @@ fn write_config(fixture: &Fixture, name: &str, text: &str) -> PathBuf {
 
 // ---------------------------------------------------------------------------------------------
 // apop-digest
+
+/// `-V` and `--version` print the version and the TLS provider, and nothing else.
+#[test]
+fn version_names_the_tls_provider() {
+    for flag in ["-V", "--version"] {
+        let out = apopd(&[flag], b"");
+        assert_success(&out, flag);
+        assert_eq!(
+            show(&out.stdout),
+            format!("apopd {} (TLS: rustls 0.23, ring provider)\n", env!("CARGO_PKG_VERSION")),
+            "{flag}"
+        );
+        assert_eq!(show(&out.stderr), "", "{flag}");
+    }
+}
 
 #[test]
 fn apop_digest_rfc1939_example() {
