@@ -4,7 +4,10 @@
 //! of the workspace (whatever CARGO_TARGET_DIR is, so `[package.metadata.deb]` can name it):
 //! - `apopd.8`: the man page, from the clap definitions in `apopd::args`;
 //! - `apopd.bash`, `_apopd`, `apopd.fish`: shell completions, from the same definitions;
-//! - `systemd/`: the units of `deploy/`, with ExecStart pointing at the packaged `/usr/bin/apopd`.
+//! - `systemd/`: the units of `deploy/`, with ExecStart pointing at the packaged `/usr/bin/apopd`,
+//!   one directory per unit name (`systemd/apopd/`: service and socket; `systemd/apopd-pop3s/`:
+//!   the POP3S socket), as cargo-deb's `systemd-units` entries read them: given one directory,
+//!   cargo-deb would also install `apopd.service` a second time as `apopd-pop3s.service`.
 
 use std::fs;
 use std::path::Path;
@@ -40,7 +43,7 @@ fn main() -> anyhow::Result<()> {
 
 /// Write the man page, the completions and the packaged units into `out`.
 fn dist(workspace: &Path, out: &Path) -> anyhow::Result<()> {
-    fs::create_dir_all(out.join("systemd")).with_context(|| format!("cannot create {}", out.display()))?;
+    fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     write(&out.join("apopd.8"), &man_page()?)?;
     for (shell, name) in COMPLETIONS {
         write(&out.join(name), &completion(shell))?;
@@ -48,9 +51,17 @@ fn dist(workspace: &Path, out: &Path) -> anyhow::Result<()> {
     for unit in UNITS {
         let source = workspace.join("deploy").join(unit);
         let text = fs::read_to_string(&source).with_context(|| format!("cannot read {}", source.display()))?;
-        write(&out.join("systemd").join(unit), packaged_unit(&text).as_bytes())?;
+        let dir = out.join(unit_dir(unit));
+        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        write(&dir.join(unit), packaged_unit(&text).as_bytes())?;
     }
     Ok(())
+}
+
+/// The directory of `target/assets/` that holds `unit`: `systemd/<unit name>`.
+fn unit_dir(unit: &str) -> String {
+    let name = unit.split_once('.').map_or(unit, |(name, _)| name);
+    format!("systemd/{name}")
 }
 
 fn write(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
@@ -203,11 +214,12 @@ mod tests {
         for name in ["apopd.8", "apopd.bash", "_apopd", "apopd.fish"] {
             assert!(fs::metadata(out.join(name)).unwrap().len() > 0, "{name}");
         }
-        let service = fs::read_to_string(out.join("systemd/apopd.service")).unwrap();
+        let service = fs::read_to_string(out.join("systemd/apopd/apopd.service")).unwrap();
         assert!(service.contains("\nExecStart=/usr/bin/apopd serve --config /etc/apopd/apopd.toml\n"), "{service}");
         assert!(!service.contains(HAND_INSTALLED));
+        assert_eq!(fs::read_dir(out.join("systemd/apopd-pop3s")).unwrap().count(), 1, "only the socket");
         for unit in UNITS {
-            assert!(out.join("systemd").join(unit).is_file(), "{unit}");
+            assert!(out.join(unit_dir(unit)).join(unit).is_file(), "{unit}");
         }
         fs::remove_dir_all(&out).unwrap();
     }
