@@ -10,11 +10,14 @@ use apopd::auth::users::{self, Entries};
 use apopd::auth::{apop, password};
 use apopd::config::Config;
 use apopd::server::{Kind, Server, reload_tls_on_hangup};
+use apopd::store::deliver::DeliverError;
 use apopd::{demo, privileges, store, systemd};
 
 /// sysexits.h codes an MTA understands.
 const EX_NOUSER: u8 = 67;
 const EX_TEMPFAIL: u8 = 75;
+/// sysexits.h: the maildir is not safe to write to (a symlink where a directory must be).
+const EX_NOPERM: u8 = 77;
 
 /// Run the parsed command.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -67,6 +70,9 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         eprintln!("apopd: serving the demo from {} (a fresh copy of {})", dir.display(), demo::DEMO_SOURCE);
     }
     let config = Config::load(&path)?;
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     let (run_as_user, run_as_group) = (config.run_as_user.clone(), config.run_as_group.clone());
     // Bind and read keys as root, then drop root before the runtime starts any thread.
     let inherited = systemd::inherited_listeners()?;
@@ -103,7 +109,10 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
 fn check_config(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     println!("{}", config.to_toml().trim_end());
-    apopd::server::Shared::new(config)?;
+    for warning in config.warnings() {
+        eprintln!("apopd check-config: warning: {warning}");
+    }
+    apopd::shared::Shared::new(config)?;
     Ok(())
 }
 
@@ -144,9 +153,9 @@ fn deliver(user: &str, config: &Path) -> ExitCode {
     };
     // A user is known by their maildir, or else by the users file (which an MTA running
     // `deliver` as another user may not be allowed to read).
-    let dir = match config.mail_root().map(|root| root.maildir_of(user)) {
-        Ok(Some(dir)) => dir,
-        Ok(None) => {
+    let (location, policy) = match config.mail_root().map(|root| (root.locate(user), root.policy().clone())) {
+        Ok((Some(location), policy)) => (location, policy),
+        Ok((None, _)) => {
             eprintln!("apopd deliver: invalid user name {user:?}");
             return ExitCode::from(EX_NOUSER);
         }
@@ -155,7 +164,7 @@ fn deliver(user: &str, config: &Path) -> ExitCode {
             return ExitCode::from(EX_TEMPFAIL);
         }
     };
-    if !dir.is_dir() {
+    if !location.path().is_dir() {
         match users::read_entries(&config.users_file, false) {
             Ok(users) if users.contains_key(user) => {}
             Ok(_) => {
@@ -168,13 +177,17 @@ fn deliver(user: &str, config: &Path) -> ExitCode {
             }
         }
     }
-    match store::deliver::deliver(&dir, &config.hostname, &mut std::io::stdin().lock()) {
+    match store::deliver::deliver(&location, &policy, &config.hostname, &mut std::io::stdin().lock()) {
         Ok(id) => {
             tracing::info!(user = ?user, id, "delivered");
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("apopd deliver: cannot deliver to {}: {e}", dir.display());
+        Err(DeliverError::Unsafe(e)) => {
+            eprintln!("apopd deliver: refusing an unsafe maildir: {e}");
+            ExitCode::from(EX_NOPERM)
+        }
+        Err(DeliverError::Io(e)) => {
+            eprintln!("apopd deliver: cannot deliver to {e}");
             ExitCode::from(EX_TEMPFAIL)
         }
     }

@@ -9,12 +9,12 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::sasl::Mechanism;
-use crate::store::MailRoot;
+use crate::store::{MailRoot, OwnerRule, Policy};
 
 /// RFC 1939 §3: an inactivity autologout timer must be at least 10 minutes.
 pub const MIN_IDLE_TIMEOUT_SECS: u64 = 600;
 
-/// Everything `apopd serve` needs; see the README for each key.
+/// Everything `apopd serve` needs; docs/configuration.md describes each key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -81,6 +81,15 @@ pub struct Config {
     /// On SIGTERM/SIGINT, how long sessions in UPDATE get to finish before the process exits.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace_secs: u64,
+    /// Who must own each maildir and message: `auto`, `user`, `mail_user` or `any`.
+    #[serde(default)]
+    pub maildir_owner: OwnerRule,
+    /// Follow symlinks from the `{user}` component of `mail_root` down to the maildir.
+    #[serde(default)]
+    pub allow_symlinked_maildir: bool,
+    /// Messages larger than this many bytes are skipped, never read or served.
+    #[serde(default = "default_max_message_size")]
+    pub max_message_size: u64,
     /// When started as root: the user to run as after binding ports and reading keys.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_as_user: Option<String>,
@@ -104,6 +113,9 @@ fn default_hostname() -> String {
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".to_owned())
+}
+fn default_max_message_size() -> u64 {
+    Policy::default().max_message_size
 }
 fn default_idle_timeout() -> u64 {
     MIN_IDLE_TIMEOUT_SECS
@@ -181,6 +193,9 @@ impl Config {
         {
             bail!("sasl_mechanisms: {} needs apop_secrets_file (it checks the APOP secret)", m.name());
         }
+        if self.max_message_size == 0 {
+            bail!("max_message_size: must be at least 1");
+        }
         if self.max_connections == 0 {
             bail!("max_connections: must be at least 1");
         }
@@ -213,7 +228,41 @@ impl Config {
 
     /// The validated mail root.
     pub fn mail_root(&self) -> anyhow::Result<MailRoot> {
-        MailRoot::new(&self.mail_root).context("mail_root")
+        let policy = Policy {
+            owner: self.maildir_owner,
+            allow_symlinked_maildir: self.allow_symlinked_maildir,
+            max_message_size: self.max_message_size,
+        };
+        Ok(MailRoot::new(&self.mail_root).context("mail_root")?.with_policy(policy))
+    }
+
+    /// Settings that work but put mail at risk, for `check-config` and the start-up log.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let home = self.mail_root().is_ok_and(|root| root.is_home_layout());
+        if home && nix::unistd::geteuid().is_root() && self.run_as_user.is_none() {
+            warnings.push(format!(
+                "mail_root {:?} is in users' home directories and apopd runs as root without run_as_user: \
+                 a user who can write to their maildir is confined only by apopd's checks (no symlinks, \
+                 maildir_owner); set run_as_user to an account that cannot read other users' files",
+                self.mail_root
+            ));
+        }
+        if home && self.maildir_owner == OwnerRule::Any {
+            warnings.push(
+                "maildir_owner = \"any\" with maildirs in users' home directories: a hard link \
+                 a user makes to another account's file would be served"
+                    .to_owned(),
+            );
+        }
+        if home && self.allow_symlinked_maildir {
+            warnings.push(
+                "allow_symlinked_maildir = true with maildirs in users' home directories: \
+                 a user can point their maildir elsewhere; only maildir_owner stands in the way"
+                    .to_owned(),
+            );
+        }
+        warnings
     }
 
     /// The inactivity timeout (TRANSACTION state).

@@ -11,6 +11,7 @@ pub mod privileges;
 pub mod protocol;
 pub mod server;
 pub mod session;
+pub mod shared;
 pub mod store;
 pub mod systemd;
 pub mod tls;

@@ -1,117 +1,20 @@
-//! Listeners, the connection limit, and what every session shares.
+//! Listeners, the connection limits, graceful shutdown and the SIGHUP reload; the state
+//! sessions share lives in [`crate::shared`].
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-use crate::auth::Authenticator;
-use crate::auth::apop::TimestampMaker;
-use crate::auth::throttle::{Policy, Throttle};
 use crate::config::Config;
 use crate::protocol::response;
 use crate::session;
-use crate::store::MailRoot;
+use crate::shared::{IpSlot, Shared};
 use crate::tls::Tls;
-
-/// State shared by all sessions of one server.
-#[derive(Debug)]
-pub struct Shared {
-    /// The validated configuration.
-    pub config: Config,
-    /// Credential checks.
-    pub auth: Authenticator,
-    /// Greeting timestamps.
-    pub timestamps: TimestampMaker,
-    /// Where mailboxes are.
-    pub mail_root: MailRoot,
-    /// Certificate and key, when TLS is configured.
-    pub tls: Option<Tls>,
-    /// Failed-login memory.
-    pub throttle: Throttle,
-    /// Becomes true when the server shuts down; sessions watch it.
-    pub shutdown: tokio::sync::watch::Sender<bool>,
-    /// When each user last logged in, for LOGIN-DELAY.
-    last_login: Mutex<HashMap<String, Instant>>,
-    /// Open connections per client IP.
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
-}
-
-impl Shared {
-    /// Build from a validated config: loads the users files.
-    pub fn new(config: Config) -> anyhow::Result<Self> {
-        let auth = Authenticator::load(&config.users_file, config.apop_secrets_file.as_deref())?;
-        let tls = match (&config.tls_cert, &config.tls_key) {
-            (Some(cert), Some(key)) => Some(Tls::load(cert, key)?),
-            _ => None,
-        };
-        let throttle = Throttle::new(Policy {
-            base_delay: Duration::from_millis(config.auth_failure_delay_ms),
-            max_delay: Duration::from_millis(config.auth_failure_delay_max_ms),
-            max_failures_per_ip: config.max_auth_failures_per_ip,
-            window: Duration::from_secs(config.auth_failure_window_secs),
-        });
-        Ok(Shared {
-            throttle,
-            shutdown: tokio::sync::watch::Sender::new(false),
-            per_ip: Mutex::new(HashMap::new()),
-            tls,
-            timestamps: TimestampMaker::new(&config.hostname),
-            mail_root: config.mail_root()?,
-            auth,
-            config,
-            last_login: Mutex::new(HashMap::new()),
-        })
-    }
-
-    /// How long `user` must still wait under LOGIN-DELAY, if at all.
-    pub fn login_delay_left(&self, user: &str, now: Instant) -> Option<Duration> {
-        let delay = Duration::from_secs(self.config.login_delay_secs?);
-        let last = *self.last_login.lock().unwrap_or_else(|e| e.into_inner()).get(user)?;
-        delay.checked_sub(now.duration_since(last)).filter(|left| !left.is_zero())
-    }
-
-    /// Count a connection from `ip`, unless it already has `max_connections_per_ip`.
-    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
-        let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-        let count = per_ip.entry(ip).or_insert(0);
-        if *count >= self.config.max_connections_per_ip {
-            return None;
-        }
-        *count += 1;
-        Some(IpSlot { shared: self.clone(), ip })
-    }
-
-    /// Remember a successful login, for LOGIN-DELAY.
-    pub fn record_login(&self, user: &str, now: Instant) {
-        if self.config.login_delay_secs.is_some() {
-            self.last_login.lock().unwrap_or_else(|e| e.into_inner()).insert(user.to_owned(), now);
-        }
-    }
-}
-
-/// One counted connection from an IP; dropping it uncounts it.
-struct IpSlot {
-    shared: Arc<Shared>,
-    ip: IpAddr,
-}
-
-impl Drop for IpSlot {
-    fn drop(&mut self) {
-        let mut per_ip = self.shared.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = per_ip.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                per_ip.remove(&self.ip);
-            }
-        }
-    }
-}
 
 /// Whether a listener speaks TLS from the first byte (POP3S).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

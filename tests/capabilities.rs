@@ -112,7 +112,7 @@ async fn a_failed_login_does_not_start_login_delay() {
 /// A session served in-process over a duplex pipe, as if the client were at `peer`.
 async fn session_from(peer: &str, extra: &str) -> (Fixture, BufReader<DuplexStream>) {
     let fixture = Fixture::new(extra);
-    let shared = Arc::new(apopd::server::Shared::new(fixture.config()).unwrap());
+    let shared = Arc::new(apopd::shared::Shared::new(fixture.config()).unwrap());
     let (client, server) = tokio::io::duplex(64 * 1024);
     let peer: SocketAddr = peer.parse().unwrap();
     tokio::spawn(apopd::session::serve(server, peer, shared, false));

@@ -11,7 +11,8 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 const ALICE_OK: &str = "+OK alice's maildrop has 5 messages (3038 octets)";
-const CANNOT_OPEN: &str = "-ERR [SYS/TEMP] cannot open mailbox; try again later";
+/// A file where a directory must be needs the administrator: not a temporary failure.
+const UNSAFE: &str = "-ERR [SYS/PERM] the mailbox cannot be served safely; ask the administrator";
 /// alice's message 2.
 const MESSAGE_2: &str = "cur/1700003600.M200P1000.demo:2,";
 const EX_TEMPFAIL: i32 = 75;
@@ -85,7 +86,7 @@ async fn a_maildir_that_is_a_regular_file_gives_err_and_the_session_goes_on() {
     fs::remove_dir_all(&bob).unwrap();
     fs::write(&bob, b"not a maildir").unwrap();
     let mut c = server.connect().await;
-    assert_eq!(c.login("bob", BOB_PASSWORD).await, CANNOT_OPEN);
+    assert_eq!(c.login("bob", BOB_PASSWORD).await, UNSAFE);
     // The mailbox could not be opened, so the session is still in AUTHORIZATION...
     assert_eq!(c.cmd("STAT").await, "-ERR not logged in yet: use USER/PASS, APOP or AUTH first");
     assert_eq!(c.apop("bob", "whatever").await, "-ERR [AUTH] invalid user name or password");
@@ -100,7 +101,7 @@ async fn a_maildir_that_is_a_regular_file_gives_err_and_the_session_goes_on() {
     }
     fs::write(bob.join("cur"), b"not a directory").unwrap();
     let mut c2 = server.connect().await;
-    assert_eq!(c2.login("bob", BOB_PASSWORD).await, CANNOT_OPEN);
+    assert_eq!(c2.login("bob", BOB_PASSWORD).await, UNSAFE);
     assert_eq!(c2.cmd("CAPA").await, "+OK capability list follows");
     assert_eq!(c2.lines().await.first().map(String::as_str), Some("TOP"));
     assert_eq!(fs::read(bob.join("cur")).unwrap(), b"not a directory");

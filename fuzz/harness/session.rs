@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use apopd::config::Config;
-use apopd::server::Shared;
+use apopd::shared::Shared;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
 /// alice's APOP secret in the demo fixtures.

@@ -177,6 +177,28 @@ impl WireSize {
         self.last = Some(last);
     }
 
+    /// Count the longest prefix of `chunk` that keeps [`WireSize::finish`] within `limit`, and
+    /// return its length: how a message that grew after LIST is cut at the announced size.
+    pub fn push_within(&mut self, chunk: &[u8], limit: u64) -> usize {
+        let mut all = self.clone();
+        all.push(chunk);
+        if all.finish() <= limit {
+            *self = all;
+            return chunk.len();
+        }
+        // finish() never shrinks as a prefix grows, so the longest fitting prefix is found
+        // by bisection (this runs once, on the last chunk of a file that grew).
+        let (mut fits, mut too_long) = (0, chunk.len());
+        while too_long - fits > 1 {
+            let mid = fits + (too_long - fits) / 2;
+            let mut probe = self.clone();
+            probe.push(&chunk[..mid]);
+            if probe.finish() <= limit { fits = mid } else { too_long = mid }
+        }
+        self.push(&chunk[..fits]);
+        fits
+    }
+
     /// The total, counting the line ending added to an unterminated last line.
     pub fn finish(&self) -> u64 {
         self.total
@@ -303,6 +325,27 @@ mod tests {
         #[test]
         fn chunking_never_changes_output(msg in message(), chunk in 1usize..32, top in proptest::option::of(0u64..5)) {
             prop_assert_eq!(encode(&msg, top, chunk), encode(&msg, top, msg.len().max(1)));
+        }
+
+        #[test]
+        fn push_within_keeps_the_longest_prefix_that_fits(msg in message(), chunk in 1usize..32, limit in 0u64..200) {
+            let mut counted = WireSize::default();
+            let mut kept = Vec::new();
+            for piece in msg.chunks(chunk) {
+                let fits = counted.push_within(piece, limit);
+                kept.extend_from_slice(&piece[..fits]);
+                if fits < piece.len() {
+                    break;
+                }
+            }
+            prop_assert_eq!(counted.finish(), wire_size(&kept));
+            prop_assert!(wire_size(&kept) <= limit);
+            if wire_size(&msg) <= limit {
+                prop_assert_eq!(&kept, &msg);
+            } else {
+                // One more byte would not fit.
+                prop_assert!(wire_size(&msg[..kept.len() + 1]) > limit);
+            }
         }
     }
 }

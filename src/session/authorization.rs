@@ -181,10 +181,11 @@ async fn login(cx: &Context, user: String, accepted: bool, method: &str) -> Outc
             wait.as_secs().max(1)
         )));
     }
-    let Some(dir) = cx.shared.mail_root.maildir_of(&user) else {
+    let Some(location) = cx.shared.mail_root.locate(&user) else {
         return Outcome::Reply(err(AUTH_FAILED));
     };
-    let opened = tokio::task::spawn_blocking(move || Mailbox::open(&dir)).await;
+    let policy = cx.shared.mail_root.policy().clone();
+    let opened = tokio::task::spawn_blocking(move || Mailbox::open(&location, &policy)).await;
     match opened {
         Ok(Ok(mailbox)) => {
             tracing::Span::current().record("user", tracing::field::debug(&user));
@@ -198,6 +199,10 @@ async fn login(cx: &Context, user: String, accepted: bool, method: &str) -> Outc
         Ok(Err(OpenError::InUse)) => {
             tracing::info!(user = ?user, "mailbox in use");
             Outcome::Reply(err("[IN-USE] mailbox is already in use by another session"))
+        }
+        Ok(Err(OpenError::Unsafe(e))) => {
+            tracing::error!(user = ?user, "refusing to serve an unsafe maildir: {e}");
+            Outcome::Reply(err("[SYS/PERM] the mailbox cannot be served safely; ask the administrator"))
         }
         Ok(Err(OpenError::Io(e))) => {
             tracing::error!(user = ?user, "cannot open mailbox: {e}");

@@ -7,7 +7,7 @@ use crate::protocol::Command;
 use std::io::Read;
 
 use crate::protocol::response::{TERMINATOR, count as count_of, err, ok, push_number};
-use crate::store::{Mailbox, Message, mailbox::open_message};
+use crate::store::{Mailbox, Message};
 
 /// Messages up to this size are read whole in the task that opens them: one trip to the
 /// blocking pool per RETR instead of one per read.
@@ -20,17 +20,20 @@ pub struct Body {
     pub head: Vec<u8>,
     /// The rest of the file, for messages larger than [`READ_AT_OPEN`].
     pub rest: Option<tokio::fs::File>,
+    /// The size LIST announced: a file that grew since is cut there.
+    pub size: u64,
 }
 
 impl Body {
-    /// Open `message` and read up to [`READ_AT_OPEN`] bytes. Blocking.
-    fn open(dir: &std::path::Path, message: &Message) -> std::io::Result<Body> {
-        let mut file = open_message(dir, message)?;
+    /// Open message `i` and read up to [`READ_AT_OPEN`] bytes. Blocking.
+    fn open(mailbox: &Mailbox, i: usize) -> std::io::Result<Body> {
+        let mut file = mailbox.open_message(i)?;
+        let size = mailbox.messages()[i].size;
         // The POP3 size bounds the file size, so this is usually the exact capacity.
-        let mut head = Vec::with_capacity(message.size.min(READ_AT_OPEN) as usize + 1);
+        let mut head = Vec::with_capacity(size.min(READ_AT_OPEN) as usize + 1);
         (&mut file).take(READ_AT_OPEN).read_to_end(&mut head)?;
         let rest = (head.len() as u64 == READ_AT_OPEN).then(|| tokio::fs::File::from_std(file));
-        Ok(Body { head, rest })
+        Ok(Body { head, rest, size })
     }
 }
 
@@ -141,7 +144,7 @@ impl Transaction {
             Err(e) => return Outcome::Reply(e),
         };
         let mailbox = self.mailbox.clone();
-        let opened = tokio::task::spawn_blocking(move || Body::open(mailbox.dir(), &mailbox.messages()[i])).await;
+        let opened = tokio::task::spawn_blocking(move || Body::open(&mailbox, i)).await;
         match opened {
             Ok(Ok(body)) => {
                 let size = self.mailbox.messages()[i].size;

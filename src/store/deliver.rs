@@ -6,23 +6,33 @@
 //! of a message a session may already have seen.) A failure at any point removes the
 //! temporary file: a message is either wholly in `new/` or not there at all.
 
-use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use super::safe_fs::{Location, Maildir, Policy, WalkError};
 use crate::protocol::response::WireSize;
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// Removes the temporary file unless delivery completed.
-struct TmpFile(Option<PathBuf>);
+/// Why a delivery failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliverError {
+    /// The maildir is not safe to write to (a symlinked `tmp/` or `new/`, …): a permanent refusal.
+    #[error("{0}")]
+    Unsafe(String),
+    /// Anything else: worth retrying.
+    #[error("{0}")]
+    Io(String),
+}
 
-impl Drop for TmpFile {
+/// Removes the temporary file unless delivery completed.
+struct TmpFile<'a>(&'a Maildir, Option<String>);
+
+impl Drop for TmpFile<'_> {
     fn drop(&mut self) {
-        if let Some(path) = self.0.take() {
-            let _ = fs::remove_file(path);
+        if let Some(name) = self.1.take() {
+            let _ = self.0.unlink_tmp(&name);
         }
     }
 }
@@ -32,11 +42,23 @@ fn name_safe(host: &str) -> String {
     host.replace('/', "\\057").replace(':', "\\072")
 }
 
-/// Store the message read from `input` in the maildir at `dir`; returns its file name in `new/`.
-pub fn deliver(dir: &Path, host: &str, input: &mut impl Read) -> io::Result<String> {
-    for sub in ["cur", "new", "tmp"] {
-        fs::create_dir_all(dir.join(sub))?;
-    }
+/// Store the message read from `input` in the maildir at `location`; returns its file name in
+/// `new/`. No symlink is followed inside the maildir, nor (unless `policy` allows it) on the
+/// way to it, and the file is created afresh (`O_EXCL`), never through an existing name.
+pub fn deliver(
+    location: &Location,
+    policy: &Policy,
+    host: &str,
+    input: &mut impl Read,
+) -> Result<String, DeliverError> {
+    let maildir = Maildir::open(location, policy, false).map_err(|e| match e {
+        WalkError::Unsafe(why) => DeliverError::Unsafe(why),
+        WalkError::Io(why) => DeliverError::Io(why),
+    })?;
+    write_into(&maildir, host, input).map_err(|e| DeliverError::Io(format!("{}: {e}", maildir.path().display())))
+}
+
+fn write_into(maildir: &Maildir, host: &str, input: &mut impl Read) -> io::Result<String> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let unique = format!(
         "{}.M{}P{}Q{}.{}",
@@ -46,9 +68,8 @@ pub fn deliver(dir: &Path, host: &str, input: &mut impl Read) -> io::Result<Stri
         COUNTER.fetch_add(1, Ordering::Relaxed),
         name_safe(host)
     );
-    let tmp_path = dir.join("tmp").join(&unique);
-    let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp_path)?;
-    let mut tmp = TmpFile(Some(tmp_path.clone()));
+    let mut file = maildir.create_in_tmp(&unique)?;
+    let mut tmp = TmpFile(maildir, Some(unique.clone()));
 
     let (mut size, mut wire) = (0u64, WireSize::default());
     let mut buf = vec![0u8; 64 * 1024];
@@ -67,16 +88,22 @@ pub fn deliver(dir: &Path, host: &str, input: &mut impl Read) -> io::Result<Stri
     drop(file);
 
     let name = format!("{unique},S={size},W={}", wire.finish());
-    fs::rename(&tmp_path, dir.join("new").join(&name))?;
-    tmp.0 = None;
+    maildir.move_tmp_to_new(&unique, &name)?;
+    tmp.1 = None;
     // Make the rename itself durable before telling the MTA the mail is safe.
-    File::open(dir.join("new"))?.sync_all()?;
+    maildir.sync(super::index::Sub::New)?;
     Ok(name)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::path::Path;
+
+    fn deliver(dir: &Path, host: &str, input: &mut impl Read) -> Result<String, DeliverError> {
+        super::deliver(&Location::at(dir, "x"), &Policy::default(), host, input)
+    }
 
     #[test]
     fn delivered_mail_lands_whole_in_new_with_sizes_in_its_name() {
@@ -114,5 +141,19 @@ mod tests {
         assert!(deliver(dir.path(), "h", &mut Failing(3)).is_err());
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
         assert_eq!(fs::read_dir(dir.path().join("new")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_symlinked_tmp_or_new_is_refused_and_nothing_is_written_through_it() {
+        for sub in ["tmp", "new"] {
+            let root = tempfile::tempdir().unwrap();
+            let (maildir, elsewhere) = (root.path().join("box"), root.path().join("elsewhere"));
+            fs::create_dir_all(&elsewhere).unwrap();
+            fs::create_dir_all(&maildir).unwrap();
+            std::os::unix::fs::symlink(&elsewhere, maildir.join(sub)).unwrap();
+            let refused = deliver(&maildir, "h", &mut &b"x"[..]).unwrap_err();
+            assert!(matches!(refused, DeliverError::Unsafe(_)), "{sub}: {refused}");
+            assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0, "{sub}");
+        }
     }
 }

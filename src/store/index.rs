@@ -11,11 +11,10 @@
 //! it is replaced atomically, under the mailbox lock.
 
 use std::collections::HashMap;
-use std::fs::{self, File};
 use std::io::{self, Write};
-use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::safe_fs::Maildir;
 use super::uidl::base_name;
 
 /// The index's file name inside the maildir.
@@ -24,6 +23,8 @@ const HEADER: &[u8] = b"apopd-index 1\n";
 /// How long after the directories' last change an index must have been written to be trusted
 /// without listing them (covers file systems with timestamps as coarse as one second).
 pub const SETTLE: Duration = Duration::from_secs(2);
+/// A bigger index is not read (100,000 messages with long names take about 10 MB).
+const MAX_INDEX_BYTES: u64 = 256 << 20;
 
 /// Which maildir subdirectory a message is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -71,12 +72,8 @@ pub struct Entry {
 pub type DirTimes = [u64; 2];
 
 /// Read the mtimes of `cur/` and `new/`.
-pub fn dir_times(dir: &Path) -> io::Result<DirTimes> {
-    let mut times = [0; 2];
-    for (time, sub) in times.iter_mut().zip(Sub::BOTH) {
-        *time = nanos(fs::metadata(dir.join(sub.dir()))?.modified()?);
-    }
-    Ok(times)
+pub fn dir_times(maildir: &Maildir) -> io::Result<DirTimes> {
+    Ok([maildir.mtime(Sub::Cur)?, maildir.mtime(Sub::New)?])
 }
 
 fn nanos(time: SystemTime) -> u64 {
@@ -103,11 +100,11 @@ impl Sizes {
 }
 
 impl Index {
-    /// Read the index of the maildir at `dir`; missing or malformed means empty.
-    pub fn load(dir: &Path) -> Self {
-        let Ok(bytes) = fs::read(dir.join(INDEX_FILE)) else { return Index::default() };
+    /// Read the index of `maildir`; missing, malformed or not written by apopd means empty.
+    pub fn load(maildir: &Maildir) -> Self {
+        let Some(bytes) = maildir.read_own(INDEX_FILE, MAX_INDEX_BYTES) else { return Index::default() };
         parse(&bytes).unwrap_or_else(|| {
-            tracing::warn!(dir = %dir.display(), "ignoring a malformed {INDEX_FILE}; rebuilding it");
+            tracing::warn!(dir = %maildir.path().display(), "ignoring a malformed {INDEX_FILE}; rebuilding it");
             Index::default()
         })
     }
@@ -152,15 +149,15 @@ fn parse(bytes: &[u8]) -> Option<Index> {
     Some(Index { times, written, entries })
 }
 
-/// Replace the index of `dir` with `entries`, scanned when the directories had `times`.
+/// Replace the index of `maildir` with `entries`, scanned when the directories had `times`.
 /// Failing to write only costs speed, so it is logged, not returned.
-pub fn save(dir: &Path, times: DirTimes, entries: &[Entry]) {
-    if let Err(e) = write(dir, times, entries) {
-        tracing::warn!(dir = %dir.display(), error = %e, "cannot write {INDEX_FILE}");
+pub fn save(maildir: &Maildir, times: DirTimes, entries: &[Entry]) {
+    if let Err(e) = write(maildir, times, entries) {
+        tracing::warn!(dir = %maildir.path().display(), error = %e, "cannot write {INDEX_FILE}");
     }
 }
 
-fn write(dir: &Path, times: DirTimes, entries: &[Entry]) -> io::Result<()> {
+fn write(maildir: &Maildir, times: DirTimes, entries: &[Entry]) -> io::Result<()> {
     let mut out = Vec::with_capacity(HEADER.len() + 64 + entries.len() * 64);
     out.extend_from_slice(HEADER);
     writeln!(out, "dirs {} {} {}", times[0], times[1], nanos(SystemTime::now()))?;
@@ -175,16 +172,19 @@ fn write(dir: &Path, times: DirTimes, entries: &[Entry]) -> io::Result<()> {
         out.extend_from_slice(&entry.name);
         out.push(b'\n');
     }
-    let tmp = dir.join(format!(".{INDEX_FILE}.tmp"));
     // No fsync: the index is a cache. After a crash a torn or empty file is malformed and
     // rebuilt, so durability would only add a disk flush to logins.
-    File::create(&tmp)?.write_all(&out)?;
-    fs::rename(&tmp, dir.join(INDEX_FILE))
+    maildir.replace_own(INDEX_FILE, &out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::safe_fs::{Location, Policy};
+
+    fn maildir(dir: &tempfile::TempDir) -> Maildir {
+        Maildir::open(&Location::at(&dir.path().join("box"), "x"), &Policy::default(), true).unwrap()
+    }
 
     fn entry(sub: Sub, name: &str, len: u64, size: u64) -> Entry {
         Entry { sub, name: name.as_bytes().to_vec(), len, size }
@@ -193,10 +193,11 @@ mod tests {
     #[test]
     fn round_trip_and_trust_rules() {
         let dir = tempfile::tempdir().unwrap();
+        let dir = maildir(&dir);
         let entries = vec![entry(Sub::Cur, "1.a.host:2,S", 10, 12), entry(Sub::New, "2.b.host", 5, 5)];
         let old = nanos(SystemTime::now()) - 10_000_000_000;
-        save(dir.path(), [old, old], &entries);
-        let mut index = Index::load(dir.path());
+        save(&dir, [old, old], &entries);
+        let mut index = Index::load(&dir);
         assert!(!index.is_current([old, old + 1]), "a directory changed");
         let sizes = index.sizes();
         assert_eq!(sizes.size_of(b"1.a.host", 10), Some(12));
@@ -205,13 +206,14 @@ mod tests {
 
         // Directories changed less than SETTLE before the index was written: not trusted.
         let recent = nanos(SystemTime::now());
-        save(dir.path(), [recent, recent], &entries);
-        assert!(!Index::load(dir.path()).is_current([recent, recent]));
+        save(&dir, [recent, recent], &entries);
+        assert!(!Index::load(&dir).is_current([recent, recent]));
     }
 
     #[test]
     fn malformed_index_is_ignored() {
-        let dir = tempfile::tempdir().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = maildir(&tmp);
         for junk in [
             &b"garbage"[..],
             b"apopd-index 1\ndirs 1 2\n",
@@ -220,8 +222,8 @@ mod tests {
             b"apopd-index 1\ndirs 1 2 9000000000\n1 1 c ../escape\n",
             b"apopd-index 2\ndirs 1 2 9000000000\n1 1 c 1.a\n",
         ] {
-            fs::write(dir.path().join(INDEX_FILE), junk).unwrap();
-            let index = Index::load(dir.path());
+            std::fs::write(tmp.path().join("box").join(INDEX_FILE), junk).unwrap();
+            let index = Index::load(&dir);
             assert!(!index.is_current([1, 2]), "{junk:?}");
             assert_eq!(index.sizes().size_of(b"1.a", 1), None);
         }

@@ -4,9 +4,10 @@
 //! between processes, and released by the kernel when the holder dies, so no lock outlives
 //! its session.
 
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::{File, TryLockError};
 use std::io;
-use std::path::Path;
+
+use super::safe_fs::Maildir;
 
 /// The lock file's name inside the maildir.
 pub const LOCK_FILE: &str = "apopd.lock";
@@ -29,11 +30,11 @@ pub enum LockError {
 }
 
 impl MailboxLock {
-    /// Take the lock of the maildir at `dir` without waiting.
-    pub fn try_acquire(dir: &Path) -> Result<Self, LockError> {
-        let path = dir.join(LOCK_FILE);
+    /// Take the lock of `maildir` without waiting.
+    pub fn try_acquire(maildir: &Maildir) -> Result<Self, LockError> {
+        let path = maildir.path().join(LOCK_FILE);
         let io_err = |source| LockError::Io { path: path.display().to_string(), source };
-        let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_err)?;
+        let file = maildir.lock_file(LOCK_FILE).map_err(io_err)?;
         match file.try_lock() {
             Ok(()) => Ok(MailboxLock { _file: file }),
             Err(TryLockError::WouldBlock) => Err(LockError::InUse),
@@ -45,13 +46,16 @@ impl MailboxLock {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::safe_fs::{Location, Policy};
 
     #[test]
     fn second_lock_is_refused_until_first_is_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        let first = MailboxLock::try_acquire(dir.path()).unwrap();
-        assert!(matches!(MailboxLock::try_acquire(dir.path()), Err(LockError::InUse)));
+        let open = || Maildir::open(&Location::at(dir.path(), "x"), &Policy::default(), true).unwrap();
+        let (a, b) = (open(), open());
+        let first = MailboxLock::try_acquire(&a).unwrap();
+        assert!(matches!(MailboxLock::try_acquire(&b), Err(LockError::InUse)));
         drop(first);
-        assert!(MailboxLock::try_acquire(dir.path()).is_ok());
+        assert!(MailboxLock::try_acquire(&b).is_ok());
     }
 }

@@ -1,7 +1,7 @@
 //! A maildir opened for one POP3 session: locked, scanned once, numbered 1..n.
 
 use std::ffi::{OsStr, OsString};
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
@@ -10,10 +10,8 @@ use crate::protocol::response::WireSize;
 
 use super::index::{self, Entry, Index, Sizes, Sub};
 use super::lock::{LockError, MailboxLock};
+use super::safe_fs::{Location, Maildir, Policy, WalkError};
 use super::uidl::{base_name, uidl_of};
-
-/// All subdirectories a maildir has.
-const SUBDIRS: [&str; 3] = ["cur", "new", "tmp"];
 
 /// One message as the session sees it (kept small: a session holds one per message).
 #[derive(Debug, Clone)]
@@ -46,6 +44,9 @@ pub enum OpenError {
     /// Someone else holds the lock.
     #[error("mailbox in use")]
     InUse,
+    /// The maildir is not safe to serve (a symlink on the way, the wrong owner).
+    #[error("{0}")]
+    Unsafe(String),
     /// The disk said no.
     #[error("{0}")]
     Io(String),
@@ -56,6 +57,15 @@ impl From<LockError> for OpenError {
         match e {
             LockError::InUse => OpenError::InUse,
             e @ LockError::Io { .. } => OpenError::Io(e.to_string()),
+        }
+    }
+}
+
+impl From<WalkError> for OpenError {
+    fn from(e: WalkError) -> Self {
+        match e {
+            WalkError::Unsafe(why) => OpenError::Unsafe(why),
+            WalkError::Io(why) => OpenError::Io(why),
         }
     }
 }
@@ -72,23 +82,21 @@ pub struct Removal {
 /// A locked, scanned maildir.
 #[derive(Debug)]
 pub struct Mailbox {
-    dir: PathBuf,
+    maildir: Maildir,
     messages: Vec<Message>,
     _lock: MailboxLock,
 }
 
 impl Mailbox {
-    /// Lock and scan the maildir at `dir`, creating `cur/`, `new/` and `tmp/` where missing.
+    /// Walk safely to the maildir at `location`, creating `cur/`, `new/` and `tmp/` where
+    /// missing, lock it and scan it.
     ///
     /// Blocking: call it from a blocking task.
-    pub fn open(dir: &Path) -> Result<Self, OpenError> {
-        for sub in SUBDIRS {
-            let path = dir.join(sub);
-            fs::create_dir_all(&path).map_err(|e| OpenError::Io(format!("cannot create {}: {e}", path.display())))?;
-        }
-        let lock = MailboxLock::try_acquire(dir)?;
-        let messages = scan(dir).map_err(OpenError::Io)?;
-        Ok(Mailbox { dir: dir.to_owned(), messages, _lock: lock })
+    pub fn open(location: &Location, policy: &Policy) -> Result<Self, OpenError> {
+        let maildir = Maildir::open(location, policy, true)?;
+        let lock = MailboxLock::try_acquire(&maildir)?;
+        let messages = scan(&maildir, policy.max_message_size).map_err(OpenError::Io)?;
+        Ok(Mailbox { maildir, messages, _lock: lock })
     }
 
     /// The messages, numbered from 1 in this order.
@@ -96,9 +104,24 @@ impl Mailbox {
         &self.messages
     }
 
-    /// The maildir's directory.
+    /// The maildir's directory, for logs.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.maildir.path()
+    }
+
+    /// Open message `i` (0-based) for reading, following it if another program renamed it
+    /// since the scan; every rule of [`Maildir::open_message`] holds.
+    ///
+    /// Blocking: call it from a blocking task.
+    pub fn open_message(&self, i: usize) -> io::Result<File> {
+        let message = self.messages.get(i).ok_or_else(|| io::Error::other("no such message"))?;
+        match self.maildir.open_message(message.sub, &message.name) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match self.locate(message)? {
+                Some((sub, name)) => self.maildir.open_message(sub, name.as_bytes()),
+                None => Err(e),
+            },
+            other => other,
+        }
     }
 
     /// Remove the messages at the given indexes (0-based). Each removal is one atomic unlink;
@@ -112,126 +135,114 @@ impl Mailbox {
         }
         for &i in indexes {
             let Some(message) = self.messages.get(i) else { continue };
-            match remove_one(&self.dir, message) {
+            match self.remove_one(message) {
                 Ok(()) => result.removed += 1,
                 Err(e) => result.failed.push(format!("{}: {e}", message.relative_path().display())),
             }
         }
         for sub in Sub::BOTH {
             // Make the unlinks durable; a failure here loses nothing, so it is only logged.
-            if let Err(e) = File::open(self.dir.join(sub.dir())).and_then(|d| d.sync_all()) {
-                tracing::warn!(dir = %self.dir.display(), error = %e, "cannot sync maildir directory");
+            if let Err(e) = self.maildir.sync(sub) {
+                tracing::warn!(dir = %self.dir().display(), error = %e, "cannot sync maildir directory");
             }
         }
         result
     }
-}
 
-fn remove_one(dir: &Path, message: &Message) -> io::Result<()> {
-    match fs::remove_file(dir.join(message.relative_path())) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => match locate(dir, message)? {
-            Some(path) => fs::remove_file(path),
-            None => Ok(()), // already gone: the goal is reached
-        },
-        other => other,
-    }
-}
-
-/// Open a message for reading, following it if another program renamed it since the scan.
-///
-/// Blocking: call it from a blocking task.
-pub fn open_message(dir: &Path, message: &Message) -> io::Result<File> {
-    let file = match File::open(dir.join(message.relative_path())) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => match locate(dir, message)? {
-            Some(path) => File::open(path)?,
-            None => return Err(e),
-        },
-        other => other?,
-    };
-    // A directory opens fine and fails only at the first read, after +OK went out.
-    if !file.metadata()?.is_file() {
-        return Err(io::Error::other("not a regular file"));
-    }
-    Ok(file)
-}
-
-/// Find the current path of `message` by its base name in `cur/` and `new/`.
-fn locate(dir: &Path, message: &Message) -> io::Result<Option<PathBuf>> {
-    let wanted = base_name(&message.name);
-    for sub in Sub::BOTH {
-        for entry in fs::read_dir(dir.join(sub.dir()))? {
-            let entry = entry?;
-            if base_name(entry.file_name().as_bytes()) == wanted {
-                return Ok(Some(entry.path()));
-            }
+    fn remove_one(&self, message: &Message) -> io::Result<()> {
+        match self.maildir.unlink(message.sub, &message.name) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match self.locate(message)? {
+                Some((sub, name)) => self.maildir.unlink(sub, name.as_bytes()),
+                None => Ok(()), // already gone: the goal is reached
+            },
+            other => other,
         }
     }
-    Ok(None)
+
+    /// Find the current name of `message` by its base name in `cur/` and `new/`.
+    fn locate(&self, message: &Message) -> io::Result<Option<(Sub, OsString)>> {
+        let wanted = base_name(&message.name);
+        for sub in Sub::BOTH {
+            for listed in self.maildir.list(sub)? {
+                if base_name(listed.name.as_bytes()) == wanted {
+                    return Ok(Some((sub, listed.name)));
+                }
+            }
+        }
+        Ok(None)
+    }
 }
 
 /// The mailbox's messages in session order: from the index when the directories have not
 /// changed since it was written, else by listing `cur/` and `new/` (every regular, non-hidden
-/// file is a message) and refreshing the index.
-fn scan(dir: &Path) -> Result<Vec<Message>, String> {
+/// file that passes the maildir's rules is a message) and refreshing the index.
+fn scan(maildir: &Maildir, max_size: u64) -> Result<Vec<Message>, String> {
+    let path = maildir.path();
     // Taken before listing: a change during the listing makes the next login list again.
-    let times = index::dir_times(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
-    let mut index = Index::load(dir);
+    let times = index::dir_times(maildir).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut index = Index::load(maildir);
     if let Some(entries) = index.take_if_current(times) {
         return Ok(entries.into_iter().map(Message::from_entry).collect());
     }
     let sizes = index.sizes();
 
-    let mut found: Vec<(u64, OsString, Sub)> = Vec::new();
+    let mut found: Vec<(u64, OsString, Option<u64>, Sub)> = Vec::new();
     for sub in Sub::BOTH {
-        let path = dir.join(sub.dir());
-        let entries = fs::read_dir(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            let name = entry.file_name();
-            if name.as_bytes().starts_with(b".") {
-                continue;
-            }
-            found.push((delivery_time(name.as_bytes()), name, sub));
-        }
+        let listed = maildir.list(sub).map_err(|e| format!("cannot read {}: {e}", path.join(sub.dir()).display()))?;
+        found.extend(listed.into_iter().map(|l| (delivery_time(l.name.as_bytes()), l.name, l.len, sub)));
     }
     // Oldest first: maildir names start with the delivery time in seconds.
     found.sort();
 
     let mut buf = vec![0u8; 64 * 1024]; // one read buffer for every file measured
     let mut entries = Vec::with_capacity(found.len());
-    for (_, name, sub) in found {
-        let path = dir.join(sub.dir()).join(&name);
+    for (_, name, len, sub) in found {
         let name = name.into_vec();
         let (len, size) = match size_from_name(&name) {
+            Some(size) if size > max_size => {
+                let file = Path::new(sub.dir()).join(OsStr::from_bytes(&name));
+                tracing::warn!(maildir = %path.display(), file = ?file, "not serving a message larger than max_message_size");
+                continue;
+            }
             // The length is not needed when the name gives the size.
-            Some(size) => (0, size),
-            None => match indexed_or_measured(&path, base_name(&name), &sizes, &mut buf) {
-                Ok(Some(found)) => found,
-                Ok(None) => continue, // not a regular file
+            Some(size) => (len.unwrap_or(0), size),
+            None => match indexed_or_measured(maildir, sub, &name, len, &sizes, &mut buf, max_size) {
+                Ok(found) => found,
                 Err(e) => {
                     // One unreadable file must not hide the rest of the mailbox.
-                    tracing::warn!(path = %path.display(), error = %e, "skipping unreadable message");
+                    let file = Path::new(sub.dir()).join(OsStr::from_bytes(&name));
+                    tracing::warn!(maildir = %path.display(), file = ?file, error = %e, "skipping unreadable message");
                     continue;
                 }
             },
         };
         entries.push(Entry { sub, name, len, size });
     }
-    index::save(dir, times, &entries);
+    index::save(maildir, times, &entries);
     Ok(entries.into_iter().map(Message::from_entry).collect())
 }
 
-/// `(length, POP3 size)` of the file at `path`: the size from the index when the length still
-/// matches, else counted by reading the file once. `None` when it is not a regular file.
-fn indexed_or_measured(path: &Path, base: &[u8], sizes: &Sizes, buf: &mut [u8]) -> io::Result<Option<(u64, u64)>> {
-    let metadata = fs::metadata(path)?;
-    if !metadata.is_file() {
-        return Ok(None);
+/// `(length, POP3 size)` of a message: the size from the index when the length (from the
+/// listing, else from the open file) still matches, else counted by reading at most
+/// `max_size` bytes of the file once.
+fn indexed_or_measured(
+    maildir: &Maildir,
+    sub: Sub,
+    name: &[u8],
+    listed_len: Option<u64>,
+    sizes: &Sizes,
+    buf: &mut [u8],
+    max_size: u64,
+) -> io::Result<(u64, u64)> {
+    if let Some(size) = listed_len.and_then(|len| sizes.size_of(base_name(name), len)) {
+        return Ok((listed_len.unwrap_or(0), size));
     }
-    if let Some(size) = sizes.size_of(base, metadata.len()) {
-        return Ok(Some((metadata.len(), size)));
+    let file = maildir.open_message(sub, name)?;
+    let file_len = file.metadata()?.len();
+    if let Some(size) = sizes.size_of(base_name(name), file_len) {
+        return Ok((file_len, size));
     }
-    let mut file = File::open(path)?;
+    let mut file = file.take(max_size.saturating_add(1));
     let mut size = WireSize::default();
     let mut len = 0u64;
     loop {
@@ -242,7 +253,10 @@ fn indexed_or_measured(path: &Path, base: &[u8], sizes: &Sizes, buf: &mut [u8]) 
         len += n as u64;
         size.push(&buf[..n]);
     }
-    Ok(Some((len, size.finish())))
+    if len > max_size {
+        return Err(io::Error::other("grew past max_message_size while it was measured"));
+    }
+    Ok((len, size.finish()))
 }
 
 /// The leading decimal number of a maildir name (its delivery time), for ordering.
@@ -267,6 +281,13 @@ fn size_from_name(name: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+
+    const SUBDIRS: [&str; 3] = ["cur", "new", "tmp"];
+
+    fn open(dir: &Path) -> Result<Mailbox, OpenError> {
+        Mailbox::open(&Location::at(dir, "x"), &Policy::default())
+    }
 
     fn maildir_with(files: &[(&str, &[u8])]) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
@@ -287,7 +308,7 @@ mod tests {
             ("cur/.hidden", b"x"),
             ("tmp/200.c.host", b"in delivery"),
         ]);
-        let mailbox = Mailbox::open(dir.path()).unwrap();
+        let mailbox = open(dir.path()).unwrap();
         let m = mailbox.messages();
         assert_eq!(m.len(), 2);
         assert_eq!(&*m[0].uidl, "100.b.host");
@@ -301,7 +322,7 @@ mod tests {
         assert_eq!(size_from_name(b"1.M2P3.host,S=100,W=104:2,S"), Some(104));
         assert_eq!(size_from_name(b"1.M2P3.host,S=100:2,W=5"), None);
         let dir = maildir_with(&[("new/1.x,S=3,W=7", b"abc")]);
-        assert_eq!(Mailbox::open(dir.path()).unwrap().messages()[0].size, 7);
+        assert_eq!(open(dir.path()).unwrap().messages()[0].size, 7);
     }
 
     /// Set both served directories' mtimes to `when`, as if nothing had changed since.
@@ -314,12 +335,12 @@ mod tests {
     #[test]
     fn measured_sizes_are_indexed_and_revalidated() {
         let dir = maildir_with(&[("new/1.a.host", b"a\nb\n"), ("cur/2.b.host:2,S", b"c\n")]);
-        let first: Vec<u64> = Mailbox::open(dir.path()).unwrap().messages().iter().map(|m| m.size).collect();
+        let first: Vec<u64> = open(dir.path()).unwrap().messages().iter().map(|m| m.size).collect();
         assert_eq!(first, vec![6, 3], "new/1.a comes before cur/2.b: delivery time 1 < 2");
         // Directories changed just now: the next login lists them again, and a size is
         // taken from the index only while the file keeps its length.
         fs::write(dir.path().join("new/1.a.host"), b"a\nbc\n").unwrap();
-        let again: Vec<u64> = Mailbox::open(dir.path()).unwrap().messages().iter().map(|m| m.size).collect();
+        let again: Vec<u64> = open(dir.path()).unwrap().messages().iter().map(|m| m.size).collect();
         assert_eq!(again, vec![7, 3], "length changed: measured again");
     }
 
@@ -328,28 +349,27 @@ mod tests {
         let dir = maildir_with(&[("new/1.a.host", b"a\n"), ("cur/2.b.host:2,S", b"bb\n")]);
         let past = std::time::SystemTime::now() - std::time::Duration::from_secs(10);
         settle(dir.path(), past);
-        assert_eq!(Mailbox::open(dir.path()).unwrap().messages().len(), 2);
+        assert_eq!(open(dir.path()).unwrap().messages().len(), 2);
         // Proof that no directory is read now: a file rewritten in place (which maildir
         // writers never do) keeps its indexed size, and a file added behind our back with the
         // mtimes restored is not seen.
         fs::write(dir.path().join("new/1.a.host"), b"longer\n").unwrap();
         fs::write(dir.path().join("new/3.c.host"), b"c\n").unwrap();
         settle(dir.path(), past);
-        let mailbox = Mailbox::open(dir.path()).unwrap();
+        let mailbox = open(dir.path()).unwrap();
         let seen: Vec<(String, u64)> = mailbox.messages().iter().map(|m| (m.uidl.to_string(), m.size)).collect();
         assert_eq!(seen, vec![("1.a.host".to_owned(), 3), ("2.b.host".to_owned(), 4)]);
         drop(mailbox);
         // Any real change (here a delivery) moves new/'s mtime: the directories are read again.
         fs::rename(dir.path().join("new/3.c.host"), dir.path().join("new/4.d.host")).unwrap();
-        let uidls: Vec<String> =
-            Mailbox::open(dir.path()).unwrap().messages().iter().map(|m| m.uidl.to_string()).collect();
+        let uidls: Vec<String> = open(dir.path()).unwrap().messages().iter().map(|m| m.uidl.to_string()).collect();
         assert_eq!(uidls, vec!["1.a.host", "2.b.host", "4.d.host"]);
     }
 
     #[test]
     fn missing_subdirectories_are_created() {
         let dir = tempfile::tempdir().unwrap();
-        let mailbox = Mailbox::open(dir.path()).unwrap();
+        let mailbox = open(dir.path()).unwrap();
         assert!(mailbox.messages().is_empty());
         assert!(dir.path().join("tmp").is_dir());
     }
@@ -357,7 +377,7 @@ mod tests {
     #[test]
     fn remove_follows_renamed_files_and_reports_counts() {
         let dir = maildir_with(&[("new/1.a", b"a\n"), ("new/2.b", b"b\n"), ("cur/3.c:2,", b"c\n")]);
-        let mailbox = Mailbox::open(dir.path()).unwrap();
+        let mailbox = open(dir.path()).unwrap();
         // Another program marks message 1 seen and deletes message 3 itself.
         fs::rename(dir.path().join("new/1.a"), dir.path().join("cur/1.a:2,S")).unwrap();
         fs::remove_file(dir.path().join("cur/3.c:2,")).unwrap();
@@ -370,10 +390,10 @@ mod tests {
     #[test]
     fn open_message_follows_a_rename() {
         let dir = maildir_with(&[("new/1.a", b"hello\n")]);
-        let mailbox = Mailbox::open(dir.path()).unwrap();
+        let mailbox = open(dir.path()).unwrap();
         fs::rename(dir.path().join("new/1.a"), dir.path().join("cur/1.a:2,S")).unwrap();
         let mut text = String::new();
-        open_message(mailbox.dir(), &mailbox.messages()[0]).unwrap().read_to_string(&mut text).unwrap();
+        mailbox.open_message(0).unwrap().read_to_string(&mut text).unwrap();
         assert_eq!(text, "hello\n");
     }
 }

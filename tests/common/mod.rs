@@ -8,11 +8,37 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use apopd::config::Config;
-use apopd::server::{Kind, Server, Shared};
+use apopd::server::{Kind, Server};
+use apopd::shared::Shared;
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
+
+/// Set (to anything but `0`) by `.ci/run`: a missing external program is then a failure.
+pub const REQUIRE_EXTERNAL: &str = "APOPD_REQUIRE_EXTERNAL";
+
+/// Whether the external program `tool` (from the Debian package `package`) is on PATH.
+///
+/// When it is missing, a test returns early after this prints one line past the test
+/// harness's capture, so a bare machine shows what it skipped; under `APOPD_REQUIRE_EXTERNAL`
+/// (CI) a missing program panics instead, so CI can never skip silently.
+pub fn have_program(tool: &str, package: &str) -> bool {
+    let found =
+        std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()));
+    if found {
+        return true;
+    }
+    let required = std::env::var_os(REQUIRE_EXTERNAL).is_some_and(|v| !v.is_empty() && v != "0");
+    assert!(
+        !required,
+        "{tool} not installed, and {REQUIRE_EXTERNAL} is set: apt-get install {package} (.ci/run installs it)"
+    );
+    // Straight to the process's stderr: libtest captures only the print macros.
+    let line = format!("skipped: {tool} not installed — apt-get install {package}\n");
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+    false
+}
 
 /// Where the demo fixtures are.
 pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/demo");

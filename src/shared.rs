@@ -1,0 +1,111 @@
+//! What every session of one server shares: configuration, credentials, TLS, the failed-login
+//! throttle, the shutdown signal, the LOGIN-DELAY memory and the per-IP connection counts.
+//!
+//! Its own module so that both `server` (which builds it and counts connections) and
+//! `session` (which reads it) import it, and `session` never imports `server`.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::auth::Authenticator;
+use crate::auth::apop::TimestampMaker;
+use crate::auth::throttle::{Policy, Throttle};
+use crate::config::Config;
+use crate::store::MailRoot;
+use crate::tls::Tls;
+
+/// State shared by all sessions of one server.
+#[derive(Debug)]
+pub struct Shared {
+    /// The validated configuration.
+    pub config: Config,
+    /// Credential checks.
+    pub auth: Authenticator,
+    /// Greeting timestamps.
+    pub timestamps: TimestampMaker,
+    /// Where mailboxes are.
+    pub mail_root: MailRoot,
+    /// Certificate and key, when TLS is configured.
+    pub tls: Option<Tls>,
+    /// Failed-login memory.
+    pub throttle: Throttle,
+    /// Becomes true when the server shuts down; sessions watch it.
+    pub shutdown: tokio::sync::watch::Sender<bool>,
+    /// When each user last logged in, for LOGIN-DELAY.
+    last_login: Mutex<HashMap<String, Instant>>,
+    /// Open connections per client IP.
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl Shared {
+    /// Build from a validated config: loads the users files.
+    pub fn new(config: Config) -> anyhow::Result<Self> {
+        let auth = Authenticator::load(&config.users_file, config.apop_secrets_file.as_deref())?;
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(Tls::load(cert, key)?),
+            _ => None,
+        };
+        let throttle = Throttle::new(Policy {
+            base_delay: Duration::from_millis(config.auth_failure_delay_ms),
+            max_delay: Duration::from_millis(config.auth_failure_delay_max_ms),
+            max_failures_per_ip: config.max_auth_failures_per_ip,
+            window: Duration::from_secs(config.auth_failure_window_secs),
+        });
+        Ok(Shared {
+            throttle,
+            shutdown: tokio::sync::watch::Sender::new(false),
+            per_ip: Mutex::new(HashMap::new()),
+            tls,
+            timestamps: TimestampMaker::new(&config.hostname),
+            mail_root: config.mail_root()?,
+            auth,
+            config,
+            last_login: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// How long `user` must still wait under LOGIN-DELAY, if at all.
+    pub fn login_delay_left(&self, user: &str, now: Instant) -> Option<Duration> {
+        let delay = Duration::from_secs(self.config.login_delay_secs?);
+        let last = *self.last_login.lock().unwrap_or_else(|e| e.into_inner()).get(user)?;
+        delay.checked_sub(now.duration_since(last)).filter(|left| !left.is_zero())
+    }
+
+    /// Count a connection from `ip`, unless it already has `max_connections_per_ip`.
+    pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let count = per_ip.entry(ip).or_insert(0);
+        if *count >= self.config.max_connections_per_ip {
+            return None;
+        }
+        *count += 1;
+        Some(IpSlot { shared: self.clone(), ip })
+    }
+
+    /// Remember a successful login, for LOGIN-DELAY.
+    pub fn record_login(&self, user: &str, now: Instant) {
+        if self.config.login_delay_secs.is_some() {
+            self.last_login.lock().unwrap_or_else(|e| e.into_inner()).insert(user.to_owned(), now);
+        }
+    }
+}
+
+/// One counted connection from an IP; dropping it uncounts it.
+pub(crate) struct IpSlot {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut per_ip = self.shared.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = per_ip.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
+}

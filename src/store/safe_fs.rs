@@ -1,0 +1,467 @@
+//! Every open of a file or directory inside a maildir goes through here.
+//!
+//! A user who can write to their own maildir (home-directory layouts, lab machines with shell
+//! accounts) controls what apopd finds there, while apopd reads it with one identity (root or
+//! `run_as_user`). So a maildir is hostile input, like the socket:
+//! - the walk from the operator's part of `mail_root` to the maildir, and into `cur/`, `new/`
+//!   and `tmp/`, opens one component at a time with `O_NOFOLLOW | O_DIRECTORY`, so no
+//!   component the user could have made is a symlink that is followed;
+//! - a message is opened with `O_NOFOLLOW | O_NONBLOCK` (a FIFO cannot block the open) and
+//!   accepted only when `fstat` of the open descriptor says it is a regular file, owned as the
+//!   [`OwnerRule`] requires, and no larger than `max_message_size`: no check-then-use race;
+//! - names are single path components, so an index entry cannot point elsewhere;
+//! - files apopd writes (lock, index) are never opened through a link, and the index is
+//!   trusted only when apopd itself wrote it.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, openat, renameat};
+use nix::sys::stat::{FileStat, Mode, SFlag, fstat, fstatat, mkdirat};
+use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, geteuid, unlinkat};
+use serde::{Deserialize, Serialize};
+
+use super::index::Sub;
+
+/// Who must own a maildir and the messages in it (config key `maildir_owner`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OwnerRule {
+    /// Under the home directory of the system account named like the POP3 user, as `user`;
+    /// elsewhere every message must have the maildir's owner (a hard link to someone else's
+    /// file is not served).
+    #[default]
+    Auto,
+    /// The system account named like the POP3 user owns the maildir and every message.
+    User,
+    /// The account apopd runs as (`run_as_user`, or root) owns them: virtual users.
+    MailUser,
+    /// No ownership check.
+    Any,
+}
+
+/// How maildirs may be opened; built from the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// Who must own maildirs and messages.
+    pub owner: OwnerRule,
+    /// Follow symlinks between the operator's part of `mail_root` and the maildir itself
+    /// (never inside the maildir). For mail kept on another volume through links users cannot change.
+    pub allow_symlinked_maildir: bool,
+    /// Larger messages are skipped, never read (a sparse 1 TiB file cannot stall a login).
+    pub max_message_size: u64,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy { owner: OwnerRule::Auto, allow_symlinked_maildir: false, max_message_size: 1 << 30 }
+    }
+}
+
+/// Where one user's maildir is: a directory the operator named, then components that are
+/// walked without following links.
+#[derive(Debug, Clone)]
+pub struct Location {
+    /// The POP3 user (for the `user` owner rule).
+    pub user: String,
+    /// The operator's directory: opened normally.
+    pub trusted: PathBuf,
+    /// The components below it, ending with the maildir.
+    pub parts: Vec<OsString>,
+}
+
+impl Location {
+    /// The maildir at `path`, with only its last component untrusted (tests, and maildirs
+    /// given directly).
+    pub fn at(path: &Path, user: &str) -> Location {
+        let trusted = path.parent().unwrap_or(Path::new("/")).to_owned();
+        let parts = path.file_name().map(|n| vec![n.to_owned()]).unwrap_or_default();
+        Location { user: user.to_owned(), trusted, parts }
+    }
+
+    /// The maildir's path, for logs and messages.
+    pub fn path(&self) -> PathBuf {
+        self.parts.iter().fold(self.trusted.clone(), |path, part| path.join(part))
+    }
+}
+
+/// Why a maildir was not opened.
+#[derive(Debug, thiserror::Error)]
+pub enum WalkError {
+    /// It is not safe to serve: a symlink, not a directory, or the wrong owner (`[SYS/PERM]`).
+    #[error("{0}")]
+    Unsafe(String),
+    /// The disk said no (`[SYS/TEMP]`).
+    #[error("{0}")]
+    Io(String),
+}
+
+/// An open maildir: descriptors for the maildir and its three subdirectories, so every later
+/// open is relative to a directory that was checked once.
+#[derive(Debug)]
+pub struct Maildir {
+    path: PathBuf,
+    dir: OwnedFd,
+    cur: OwnedFd,
+    new: OwnedFd,
+    tmp: OwnedFd,
+    /// The uid every message must have, when the rule checks owners.
+    file_owner: Option<u32>,
+    max_message_size: u64,
+}
+
+/// What a scan lists of one subdirectory.
+#[derive(Debug)]
+pub struct Listed {
+    /// The file name.
+    pub name: OsString,
+    /// Its length in bytes, when the listing had to `stat` it anyway.
+    pub len: Option<u64>,
+}
+
+const DIR_FLAGS: OFlag = OFlag::O_RDONLY.union(OFlag::O_DIRECTORY).union(OFlag::O_CLOEXEC);
+/// For any file a user may have placed: no link, no blocking on a FIFO, no controlling tty.
+const UNTRUSTED_FILE: OFlag = OFlag::O_NOFOLLOW.union(OFlag::O_NONBLOCK).union(OFlag::O_CLOEXEC).union(OFlag::O_NOCTTY);
+
+impl Maildir {
+    /// Walk to the maildir at `location`, creating missing directories (owned like their
+    /// parent when running as root), and check its owner. `policy.owner` is ignored when
+    /// `check_owner` is false (delivery runs as whoever the MTA chose).
+    ///
+    /// Blocking.
+    pub fn open(location: &Location, policy: &Policy, check_owner: bool) -> Result<Maildir, WalkError> {
+        let path = location.path();
+        let io_err = |what: &str, e: Errno| WalkError::Io(format!("cannot open {what}: {}", io::Error::from(e)));
+        std::fs::create_dir_all(&location.trusted)
+            .map_err(|e| WalkError::Io(format!("cannot create {}: {e}", location.trusted.display())))?;
+        let mut dir = nix::fcntl::open(&location.trusted, DIR_FLAGS, Mode::empty())
+            .map_err(|e| io_err(&location.trusted.display().to_string(), e))?;
+        let mut walked = location.trusted.clone();
+        for part in &location.parts {
+            walked.push(part);
+            dir = open_dir(&dir, part, !policy.allow_symlinked_maildir, &walked)?;
+        }
+        let [cur, new, tmp] = ["cur", "new", "tmp"].map(|sub| open_dir(&dir, OsStr::new(sub), true, &path.join(sub)));
+        let stat = fstat(&dir).map_err(|e| io_err(&path.display().to_string(), e))?;
+        let file_owner =
+            if check_owner { required_owner(policy.owner, &location.user, &path, stat.st_uid)? } else { None };
+        Ok(Maildir {
+            dir,
+            cur: cur?,
+            new: new?,
+            tmp: tmp?,
+            file_owner,
+            max_message_size: policy.max_message_size,
+            path,
+        })
+    }
+
+    /// The maildir's path, for logs.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn sub(&self, sub: Sub) -> BorrowedFd<'_> {
+        match sub {
+            Sub::Cur => self.cur.as_fd(),
+            Sub::New => self.new.as_fd(),
+        }
+    }
+
+    /// The modification time of `cur/` or `new/`, in nanoseconds since the epoch.
+    pub fn mtime(&self, sub: Sub) -> io::Result<u64> {
+        let st = fstat(self.sub(sub))?;
+        Ok((st.st_mtime as u64).saturating_mul(1_000_000_000).saturating_add(st.st_mtime_nsec as u64))
+    }
+
+    /// The regular, non-hidden files of `sub`. Anything else (symlink, FIFO, device, socket,
+    /// directory, a file with the wrong owner) is left out and logged by name.
+    pub fn list(&self, sub: Sub) -> io::Result<Vec<Listed>> {
+        let fd = nix::unistd::dup(self.sub(sub))?;
+        let mut dir = nix::dir::Dir::from_fd(fd)?;
+        let mut found = Vec::new();
+        for entry in dir.iter() {
+            let entry = entry?;
+            let name = OsStr::from_bytes(entry.file_name().to_bytes());
+            if name.as_bytes().starts_with(b".") {
+                continue;
+            }
+            let is_file = entry.file_type().map(|t| t == nix::dir::Type::File);
+            if is_file == Some(false) {
+                self.skip(sub, name, "not a regular file");
+                continue;
+            }
+            // The owner (and, for unknown d_type, the kind) needs a stat; the rule is enforced
+            // again on the open descriptor when the message is read.
+            if self.file_owner.is_none() && is_file == Some(true) {
+                found.push(Listed { name: name.to_owned(), len: None });
+                continue;
+            }
+            match fstatat(self.sub(sub), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(st) => match self.refusal(&st) {
+                    None => found.push(Listed { name: name.to_owned(), len: Some(st.st_size as u64) }),
+                    Some(why) => self.skip(sub, name, &why),
+                },
+                Err(Errno::ENOENT) => {} // removed since the listing
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(found)
+    }
+
+    fn skip(&self, sub: Sub, name: &OsStr, why: &str) {
+        tracing::warn!(maildir = %self.path.display(), file = ?Path::new(sub.dir()).join(name), why, "not serving a file in the maildir");
+    }
+
+    /// Why a file with this status must not be served, if it must not.
+    fn refusal(&self, st: &FileStat) -> Option<String> {
+        if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
+            return Some("not a regular file".to_owned());
+        }
+        if let Some(owner) = self.file_owner.filter(|&owner| owner != st.st_uid) {
+            return Some(format!("owned by uid {}, not {owner}", st.st_uid));
+        }
+        if st.st_size as u64 > self.max_message_size {
+            return Some(format!("{} bytes, larger than max_message_size {}", st.st_size, self.max_message_size));
+        }
+        None
+    }
+
+    /// Open a message for reading, with every rule checked on the open descriptor.
+    pub fn open_message(&self, sub: Sub, name: &[u8]) -> io::Result<File> {
+        let name = single_component(name)?;
+        let fd = openat(self.sub(sub), name, OFlag::O_RDONLY | UNTRUSTED_FILE, Mode::empty())?;
+        if let Some(why) = self.refusal(&fstat(&fd)?) {
+            self.skip(sub, name, &why);
+            return Err(io::Error::new(io::ErrorKind::PermissionDenied, why));
+        }
+        Ok(File::from(fd))
+    }
+
+    /// Remove a message (the name itself: unlink never follows a link).
+    pub fn unlink(&self, sub: Sub, name: &[u8]) -> io::Result<()> {
+        Ok(unlinkat(self.sub(sub), single_component(name)?, UnlinkatFlags::NoRemoveDir)?)
+    }
+
+    /// Make renames and unlinks in `sub` durable.
+    pub fn sync(&self, sub: Sub) -> io::Result<()> {
+        Ok(nix::unistd::fsync(self.sub(sub))?)
+    }
+
+    /// Open (creating, mode 0600) apopd's own file `name` in the maildir for locking.
+    pub fn lock_file(&self, name: &str) -> io::Result<File> {
+        let flags = OFlag::O_RDWR | OFlag::O_CREAT | UNTRUSTED_FILE;
+        let fd = openat(&self.dir, name, flags, Mode::from_bits_truncate(0o600))?;
+        if SFlag::from_bits_truncate(fstat(&fd)?.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
+            return Err(io::Error::other(format!("{name} is not a regular file")));
+        }
+        Ok(File::from(fd))
+    }
+
+    /// The contents of apopd's own file `name`, when apopd wrote it: a regular file with one
+    /// link, owned by the uid apopd runs as, at most `max` bytes. Anything else is `None`.
+    pub fn read_own(&self, name: &str, max: u64) -> Option<Vec<u8>> {
+        let fd = openat(&self.dir, name, OFlag::O_RDONLY | UNTRUSTED_FILE, Mode::empty()).ok()?;
+        let st = fstat(&fd).ok()?;
+        let own = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG
+            && st.st_uid == geteuid().as_raw()
+            && st.st_nlink == 1
+            && (st.st_size as u64) <= max;
+        if !own {
+            tracing::warn!(maildir = %self.path.display(), file = name, "ignoring a file apopd did not write");
+            return None;
+        }
+        let mut bytes = Vec::with_capacity(st.st_size as usize);
+        File::from(fd).take(max).read_to_end(&mut bytes).ok()?;
+        Some(bytes)
+    }
+
+    /// Replace apopd's own file `name` atomically: a fresh file (never an existing one, which
+    /// could be a hard link to anything) renamed over it.
+    pub fn replace_own(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        let tmp = format!(".{name}.tmp");
+        match unlinkat(&self.dir, tmp.as_str(), UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | UNTRUSTED_FILE;
+        File::from(openat(&self.dir, tmp.as_str(), flags, Mode::from_bits_truncate(0o600))?).write_all(bytes)?;
+        Ok(renameat(&self.dir, tmp.as_str(), &self.dir, name)?)
+    }
+
+    /// Create `name` in `tmp/` for delivery: a new file, never through a link.
+    pub fn create_in_tmp(&self, name: &str) -> io::Result<File> {
+        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | UNTRUSTED_FILE;
+        Ok(File::from(openat(&self.tmp, single_component(name.as_bytes())?, flags, Mode::from_bits_truncate(0o600))?))
+    }
+
+    /// Remove `name` from `tmp/`.
+    pub fn unlink_tmp(&self, name: &str) -> io::Result<()> {
+        Ok(unlinkat(&self.tmp, single_component(name.as_bytes())?, UnlinkatFlags::NoRemoveDir)?)
+    }
+
+    /// Move a delivered file from `tmp/` into `new/` under its final name.
+    pub fn move_tmp_to_new(&self, tmp_name: &str, new_name: &str) -> io::Result<()> {
+        let (from, to) = (single_component(tmp_name.as_bytes())?, single_component(new_name.as_bytes())?);
+        Ok(renameat(&self.tmp, from, &self.new, to)?)
+    }
+}
+
+/// A name that stays in its directory: one component, not `.` or `..`.
+fn single_component(name: &[u8]) -> io::Result<&OsStr> {
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a file name inside the maildir"));
+    }
+    Ok(OsStr::from_bytes(name))
+}
+
+/// Open (creating when missing) the directory `name` in `parent`, without following a
+/// symlink when `no_follow`.
+fn open_dir(parent: &OwnedFd, name: &OsStr, no_follow: bool, path: &Path) -> Result<OwnedFd, WalkError> {
+    let flags = if no_follow { DIR_FLAGS | OFlag::O_NOFOLLOW } else { DIR_FLAGS };
+    let open = || openat(parent, name, flags, Mode::empty());
+    let opened = match open() {
+        Err(Errno::ENOENT) => {
+            match mkdirat(parent, name, Mode::from_bits_truncate(0o700)) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(e) => {
+                    return Err(WalkError::Io(format!("cannot create {}: {}", path.display(), io::Error::from(e))));
+                }
+            }
+            let opened = open();
+            if let Ok(fd) = &opened {
+                own_like_parent(parent, fd, path);
+            }
+            opened
+        }
+        other => other,
+    };
+    opened.map_err(|e| match e {
+        Errno::ELOOP | Errno::ENOTDIR => {
+            let link = fstatat(parent, name, AtFlags::AT_SYMLINK_NOFOLLOW)
+                .is_ok_and(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFLNK);
+            let what = if link { "a symbolic link" } else { "not a directory" };
+            WalkError::Unsafe(format!("{} is {what}", path.display()))
+        }
+        e => WalkError::Io(format!("cannot open {}: {}", path.display(), io::Error::from(e))),
+    })
+}
+
+/// A directory root creates belongs to the owner of the one it is in, so that the user or
+/// the delivery agent can still write there.
+fn own_like_parent(parent: &OwnedFd, created: &OwnedFd, path: &Path) {
+    if !geteuid().is_root() {
+        return;
+    }
+    let chowned =
+        fstat(parent).and_then(|st| fchown(created, Some(Uid::from_raw(st.st_uid)), Some(Gid::from_raw(st.st_gid))));
+    if let Err(e) = chowned {
+        tracing::warn!(dir = %path.display(), error = %e, "cannot give a new maildir directory its parent's owner");
+    }
+}
+
+/// The uid messages must have under `rule`, after checking the maildir's own owner.
+fn required_owner(rule: OwnerRule, user: &str, path: &Path, dir_uid: u32) -> Result<Option<u32>, WalkError> {
+    let account = || nix::unistd::User::from_name(user).ok().flatten();
+    let expect = |uid: u32, whose: &str| {
+        if dir_uid == uid {
+            Ok(Some(uid))
+        } else {
+            Err(WalkError::Unsafe(format!("{} is owned by uid {dir_uid}, not by {whose} (uid {uid})", path.display())))
+        }
+    };
+    match rule {
+        OwnerRule::Any => Ok(None),
+        OwnerRule::MailUser => expect(geteuid().as_raw(), "the user apopd runs as"),
+        OwnerRule::User => match account() {
+            Some(account) => expect(account.uid.as_raw(), &format!("the account {user:?}")),
+            None => {
+                Err(WalkError::Unsafe(format!("maildir_owner = \"user\", but there is no system account {user:?}")))
+            }
+        },
+        OwnerRule::Auto => match account().filter(|account| is_within(path, &account.dir)) {
+            Some(account) => expect(account.uid.as_raw(), &format!("the account {user:?}, whose home it is in")),
+            None => Ok(Some(dir_uid)),
+        },
+    }
+}
+
+/// True when `path` is `home` or below it, comparing normal components.
+fn is_within(path: &Path, home: &Path) -> bool {
+    let normal = |p: &Path| p.components().filter(|c| matches!(c, Component::Normal(_))).count();
+    home.is_absolute() && normal(home) > 0 && path.starts_with(home)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn maildir(root: &Path) -> Maildir {
+        Maildir::open(&Location::at(&root.join("box"), "nobody-here"), &Policy::default(), true).unwrap()
+    }
+
+    #[test]
+    fn names_must_stay_in_their_directory() {
+        for bad in [&b""[..], b".", b"..", b"../x", b"a/b", b"a\0b"] {
+            assert!(single_component(bad).is_err(), "{bad:?}");
+        }
+        assert!(single_component(b"1.a.host:2,S").is_ok());
+    }
+
+    #[test]
+    fn the_walk_refuses_a_symlinked_maildir_or_subdirectory_unless_allowed() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("real/cur")).unwrap();
+        symlink(root.path().join("real"), root.path().join("box")).unwrap();
+        let location = Location::at(&root.path().join("box"), "x");
+        let refused = Maildir::open(&location, &Policy::default(), true).unwrap_err();
+        assert!(matches!(refused, WalkError::Unsafe(_)), "{refused}");
+        let allowed = Policy { allow_symlinked_maildir: true, ..Policy::default() };
+        assert!(Maildir::open(&location, &allowed, true).is_ok());
+
+        std::fs::remove_dir_all(root.path().join("real/cur")).unwrap();
+        symlink("/", root.path().join("real/cur")).unwrap();
+        assert!(matches!(Maildir::open(&location, &allowed, true), Err(WalkError::Unsafe(_))), "cur/ never follows");
+    }
+
+    #[test]
+    fn only_regular_files_are_listed_and_opened() {
+        let root = tempfile::tempdir().unwrap();
+        let mail = maildir(root.path());
+        let cur = root.path().join("box/cur");
+        std::fs::write(cur.join("1.ok"), b"hi\n").unwrap();
+        std::fs::write(root.path().join("secret"), b"secret\n").unwrap();
+        symlink(root.path().join("secret"), cur.join("2.link")).unwrap();
+        nix::unistd::mkfifo(&cur.join("3.fifo"), Mode::from_bits_truncate(0o600)).unwrap();
+        std::fs::create_dir(cur.join("4.dir")).unwrap();
+        let names: Vec<_> = mail.list(Sub::Cur).unwrap().into_iter().map(|l| l.name).collect();
+        assert_eq!(names, vec![OsString::from("1.ok")]);
+        assert!(mail.open_message(Sub::Cur, b"1.ok").is_ok());
+        for name in [&b"2.link"[..], b"3.fifo", b"4.dir", b"../../secret"] {
+            assert!(mail.open_message(Sub::Cur, name).is_err(), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn files_apopd_writes_are_never_written_through_a_link() {
+        let root = tempfile::tempdir().unwrap();
+        let mail = maildir(root.path());
+        let victim = root.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        symlink(&victim, root.path().join("box/.idx.tmp")).unwrap();
+        symlink(&victim, root.path().join("box/lock")).unwrap();
+        std::fs::hard_link(&victim, root.path().join("box/other.tmp")).unwrap();
+        mail.replace_own("idx", b"new").unwrap();
+        assert!(mail.lock_file("lock").is_err());
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(mail.read_own("idx", 100).unwrap(), b"new");
+        // A hard link apopd did not make is not its own file.
+        assert_eq!(mail.read_own("other.tmp", 100), None);
+    }
+}
