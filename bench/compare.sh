@@ -57,7 +57,7 @@ if ! command -v dovecot >/dev/null || [ ! -x /usr/lib/dovecot/pop3 ]; then
 fi
 command -v python3 >/dev/null || die "python3 is needed for the report"
 log "building apopd and pop3-load (release)"
-(cd "$REPO" && cargo build --release --bins >&2)
+(cd "$REPO" && cargo build --release -p apopd -p pop3-load >&2)
 
 # Many sessions: use the whole hard limit for us and the servers we start.
 ulimit -n "$(ulimit -Hn)"

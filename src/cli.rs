@@ -1,12 +1,11 @@
-//! Subcommands: parsing (clap) and the little glue each one needs.
+//! Subcommands: the little glue each one needs (their clap definitions are `apopd::args`).
 
 use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use clap::{Parser, Subcommand};
-
+use apopd::args::{Args, Command, DEFAULT_CONFIG, UserAction};
 use apopd::auth::users::{self, Entries};
 use apopd::auth::{apop, password};
 use apopd::config::Config;
@@ -14,89 +13,11 @@ use apopd::server::{Kind, Server, reload_tls_on_hangup};
 use apopd::store::deliver::DeliverError;
 use apopd::{demo, privileges, store, systemd};
 
-/// The config file used by `user` and `deliver` when no --config is given.
-const DEFAULT_CONFIG: &str = "/etc/apopd/apopd.toml";
-
 /// sysexits.h codes an MTA understands.
 const EX_NOUSER: u8 = 67;
 const EX_TEMPFAIL: u8 = 75;
 /// sysexits.h: the maildir is not safe to write to (a symlink where a directory must be).
 const EX_NOPERM: u8 = 77;
-
-#[derive(Parser, Debug)]
-#[command(name = "apopd", version, about = "A POP3/APOP server for maildir mailboxes")]
-pub struct Args {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Serve POP3. Without --config, serves a copy of the bundled demo on 127.0.0.1:1110.
-    Serve {
-        /// The config file.
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-    },
-    /// Validate a config file and print the effective configuration.
-    CheckConfig {
-        /// The config file (default: /etc/apopd/apopd.toml if it exists, else a copy of the bundled demo).
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-    },
-    /// Print the APOP digest of TIMESTAMP and SECRET (SECRET read from stdin when omitted).
-    ApopDigest {
-        /// The greeting's timestamp, angle brackets included, e.g. '<1896.697170952@dbc.mtview.ca.us>'.
-        timestamp: String,
-        /// The shared secret.
-        secret: Option<String>,
-    },
-    /// Deliver the message on stdin into USER's maildir (tmp/, fsync, rename into new/).
-    Deliver {
-        /// The recipient.
-        user: String,
-        #[arg(long, short, default_value = DEFAULT_CONFIG)]
-        config: PathBuf,
-    },
-    /// Manage the users file and APOP secrets.
-    User {
-        #[command(subcommand)]
-        action: UserAction,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-enum UserAction {
-    /// Add a user: password from stdin's first line (prompted on a terminal).
-    Add {
-        name: String,
-        /// Also set an APOP secret (stdin's second line).
-        #[arg(long)]
-        apop: bool,
-        #[arg(long, short, default_value = DEFAULT_CONFIG)]
-        config: PathBuf,
-    },
-    /// Change a user's password (and, with --apop, APOP secret).
-    Passwd {
-        name: String,
-        /// Also set the APOP secret (stdin's second line).
-        #[arg(long)]
-        apop: bool,
-        #[arg(long, short, default_value = DEFAULT_CONFIG)]
-        config: PathBuf,
-    },
-    /// Remove a user's password and APOP secret (the maildir is left alone).
-    Del {
-        name: String,
-        #[arg(long, short, default_value = DEFAULT_CONFIG)]
-        config: PathBuf,
-    },
-    /// List users and which login methods each has.
-    List {
-        #[arg(long, short, default_value = DEFAULT_CONFIG)]
-        config: PathBuf,
-    },
-}
 
 /// Run the parsed command.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {

@@ -3,6 +3,7 @@
 //! Data flows one way: socket → [`session::lines`] → [`protocol::command`] → [`session`]
 //! → [`store`] → [`protocol::response`] → socket.
 
+pub mod args;
 pub mod auth;
 pub mod config;
 pub mod demo;

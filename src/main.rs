@@ -9,7 +9,7 @@ use clap::Parser;
 fn main() -> ExitCode {
     // Mail, lock files and maildirs we create are the owner's alone.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-    let args = cli::Args::parse();
+    let args = apopd::args::Args::parse();
     init_logging();
     match cli::run(args) {
         Ok(code) => code,

@@ -44,6 +44,14 @@ impl Tls {
     }
 }
 
+/// The TLS library and crypto provider [`provider`] picks, as `apopd --version` names them.
+pub const PROVIDER: &str = "rustls 0.23, ring provider";
+
+/// The crypto provider of every TLS config apopd builds: ring (see [`PROVIDER`]).
+fn provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::ring::default_provider()
+}
+
 fn build(cert_path: &Path, key_path: &Path) -> anyhow::Result<ServerConfig> {
     let certs = CertificateDer::pem_file_iter(cert_path)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
@@ -54,8 +62,7 @@ fn build(cert_path: &Path, key_path: &Path) -> anyhow::Result<ServerConfig> {
     check_validity(leaf, SystemTime::now()).with_context(|| format!("tls_cert {}", cert_path.display()))?;
     let key = PrivateKeyDer::from_pem_file(key_path)
         .with_context(|| format!("tls_key {}: cannot read a PEM private key", key_path.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    ServerConfig::builder_with_provider(provider)
+    ServerConfig::builder_with_provider(Arc::new(provider()))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .context("TLS protocol versions")?
         .with_no_client_auth()

@@ -1,4 +1,4 @@
-//! The `apopd` binary's subcommands: apop-digest, user add/passwd/del/list (against a running
+//! The `apopd` binary's subcommands: --version, apop-digest, user add/passwd/del/list (against a running
 //! server, which must pick up the changes without a restart), serve's refusals, check-config,
 //! deliver (with sysexits codes) and the no-argument demo.
 
@@ -120,6 +120,21 @@ fn write_config(fixture: &Fixture, name: &str, text: &str) -> PathBuf {
 
 // ---------------------------------------------------------------------------------------------
 // apop-digest
+
+/// `-V` and `--version` print the version and the TLS provider, and nothing else.
+#[test]
+fn version_names_the_tls_provider() {
+    for flag in ["-V", "--version"] {
+        let out = apopd(&[flag], b"");
+        assert_success(&out, flag);
+        assert_eq!(
+            show(&out.stdout),
+            format!("apopd {} (TLS: rustls 0.23, ring provider)\n", env!("CARGO_PKG_VERSION")),
+            "{flag}"
+        );
+        assert_eq!(show(&out.stderr), "", "{flag}");
+    }
+}
 
 #[test]
 fn apop_digest_rfc1939_example() {
@@ -372,6 +387,35 @@ fn check_config_prints_the_effective_config() {
     let out2 = apopd(&["check-config", "--config", path_str(&again)], b"");
     assert_success(&out2, "check-config of its own output");
     assert_eq!(out2.stdout, out.stdout);
+}
+
+/// deploy/apopd.toml is the Debian package's /etc/apopd/apopd.toml: it must pass check-config
+/// with nothing but what the package's postinst creates (empty 0600 users and APOP secrets
+/// files), and keep TLS and plaintext passwords off until the admin turns them on.
+#[test]
+fn the_shipped_config_passes_check_config_as_installed() {
+    let shipped =
+        fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/apopd.toml")).expect("deploy/apopd.toml");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().display().to_string();
+    // The same file with /etc/apopd and /srv/mail moved into the temp dir.
+    let config =
+        shipped.replace("\"/etc/apopd/", &format!("\"{root}/")).replace("\"/srv/mail/", &format!("\"{root}/mail/"));
+    let moved = config.lines().filter(|line| !line.starts_with('#') && line.contains(&root)).count();
+    assert_eq!(moved, 3, "users_file, apop_secrets_file and mail_root moved:\n{config}");
+    for name in ["users", "apop-secrets"] {
+        fs::write(dir.path().join(name), "").expect("write");
+        fs::set_permissions(dir.path().join(name), fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+    let path = dir.path().join("apopd.toml");
+    fs::write(&path, config).expect("write config");
+    let out = apopd(&["check-config", "--config", path_str(&path)], b"");
+    assert_success(&out, "check-config of deploy/apopd.toml");
+    let printed: toml::Table = toml::from_str(&show(&out.stdout)).expect("check-config prints TOML");
+    assert_eq!(printed.get("tls_cert"), None, "TLS is the admin's to turn on");
+    assert_eq!(printed["listen_tls"].as_array().map(Vec::len), Some(0));
+    assert_eq!(printed["plaintext_auth_networks"].as_array().map(Vec::len), Some(0));
+    assert_eq!(printed["mail_root"].as_str(), Some(format!("{root}/mail/{{user}}").as_str()));
 }
 
 #[test]
