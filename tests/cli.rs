@@ -675,3 +675,37 @@ fn serve_without_arguments_serves_a_copy_of_the_demo() {
     drop(server);
     assert!(!copy.exists(), "the test removed the demo copy");
 }
+
+/// Maildirs in home directories served by root without `run_as_user`: check-config and the
+/// start-up log name the risk; the other risky maildir settings are named too.
+#[test]
+fn home_directory_maildirs_served_as_root_are_warned_about() {
+    let root = nix::unistd::geteuid().is_root();
+    const ROOT_RISK: &str = "apopd runs as root without run_as_user";
+    let fixture = Fixture::new("mail_root = \"/home/{user}/Maildir\"");
+    let out = apopd(&["check-config", "--config", path_str(&fixture.config_path)], b"");
+    assert_success(&out, "check-config");
+    assert_eq!(show(&out.stderr).contains(ROOT_RISK), root, "{}", show(&out.stderr));
+    if root {
+        let server = ServerProcess::spawn(&fixture.config_path);
+        assert!(server.log_lines().iter().any(|line| line.contains(ROOT_RISK)), "{:?}", server.log_lines());
+    }
+
+    let safe = Fixture::new("mail_root = \"/home/{user}/Maildir\"\nrun_as_user = \"nobody\"");
+    let out = apopd(&["check-config", "--config", path_str(&safe.config_path)], b"");
+    assert!(!show(&out.stderr).contains("warning"), "{}", show(&out.stderr));
+
+    let risky = Fixture::new(
+        "mail_root = \"/home/{user}/Maildir\"\nrun_as_user = \"nobody\"\nmaildir_owner = \"any\"\nallow_symlinked_maildir = true",
+    );
+    let out = apopd(&["check-config", "--config", path_str(&risky.config_path)], b"");
+    let stderr = show(&out.stderr);
+    assert!(
+        stderr.contains("maildir_owner = \"any\"") && stderr.contains("allow_symlinked_maildir = true"),
+        "{stderr}"
+    );
+
+    let virtual_users = Fixture::new("maildir_owner = \"any\"");
+    let out = apopd(&["check-config", "--config", path_str(&virtual_users.config_path)], b"");
+    assert!(!show(&out.stderr).contains("warning"), "not a home layout: {}", show(&out.stderr));
+}
