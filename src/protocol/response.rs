@@ -84,6 +84,8 @@ pub struct BodyEncoder {
     /// Bytes of the current line so far, for spotting the empty line that ends the headers.
     line_len: u64,
     done: bool,
+    /// Octets emitted so far, not counting the stuffed dots: what LIST counts.
+    wire: u64,
 }
 
 impl BodyEncoder {
@@ -96,6 +98,7 @@ impl BodyEncoder {
             prev_cr: false,
             line_len: 0,
             done: false,
+            wire: 0,
         }
     }
 
@@ -104,31 +107,81 @@ impl BodyEncoder {
         self.done
     }
 
+    /// Encode the longest prefix of `input` that keeps the message within `limit` octets as
+    /// LIST counts them (the final line ending included), and return its length: a file that
+    /// grew after LIST is cut at the size LIST announced. Input ignored because TOP's line
+    /// budget is spent counts as taken.
+    pub fn push_within(&mut self, input: &[u8], limit: u64, out: &mut Vec<u8>) -> usize {
+        self.encode(input, out, limit)
+    }
+
     /// Encode `input` onto `out`.
-    pub fn push(&mut self, mut input: &[u8], out: &mut Vec<u8>) {
+    pub fn push(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        self.encode(input, out, u64::MAX);
+    }
+
+    /// What has been encoded so far, as a [`WireSize`] would have counted it.
+    fn counted(&self) -> WireSize {
+        let last = if self.at_line_start {
+            (self.wire > 0).then_some(b'\n')
+        } else if self.prev_cr {
+            Some(b'\r')
+        } else {
+            Some(b'x')
+        };
+        WireSize { total: self.wire, last }
+    }
+
+    /// Encode `input` onto `out` while the octets stay within `limit`; returns the bytes taken.
+    /// The limit costs one comparison per line; only the line that crosses it is counted.
+    fn encode(&mut self, whole: &[u8], out: &mut Vec<u8>, limit: u64) -> usize {
+        let mut input = whole;
         while !input.is_empty() && !self.done {
-            if self.at_line_start && input[0] == b'.' {
-                out.push(b'.');
-            }
             match memchr(b'\n', input) {
                 None => {
+                    let ends_cr = input[input.len() - 1] == b'\r';
+                    // finish() will end this partial line: count that too.
+                    if self.wire + input.len() as u64 + 2 - u64::from(ends_cr) > limit {
+                        return self.cut(whole, input, out, limit);
+                    }
+                    if self.at_line_start && input[0] == b'.' {
+                        out.push(b'.');
+                    }
                     out.extend_from_slice(input);
+                    self.wire += input.len() as u64;
                     self.line_len += input.len() as u64;
-                    self.prev_cr = input[input.len() - 1] == b'\r';
+                    self.prev_cr = ends_cr;
                     self.at_line_start = false;
-                    return;
+                    return whole.len();
                 }
                 Some(i) => {
                     let line = &input[..i];
-                    out.extend_from_slice(line);
                     let ends_cr = if line.is_empty() { self.prev_cr } else { line[i - 1] == b'\r' };
+                    let octets = i as u64 + 2 - u64::from(ends_cr);
+                    if self.wire + octets > limit {
+                        return self.cut(whole, input, out, limit);
+                    }
+                    if self.at_line_start && input[0] == b'.' {
+                        out.push(b'.');
+                    }
+                    out.extend_from_slice(line);
                     out.extend_from_slice(if ends_cr { b"\n" } else { b"\r\n" });
+                    self.wire += octets;
                     let content_len = self.line_len + line.len() as u64 - u64::from(ends_cr);
                     self.end_line(content_len == 0);
                     input = &input[i + 1..];
                 }
             }
         }
+        whole.len()
+    }
+
+    /// The file grew past `limit` within `rest` (the unencoded end of `whole`): count exactly
+    /// where to stop and encode up to there; returns the bytes of `whole` taken.
+    #[cold]
+    fn cut(&mut self, whole: &[u8], rest: &[u8], out: &mut Vec<u8>, limit: u64) -> usize {
+        let fits = self.counted().push_within(rest, limit);
+        whole.len() - rest.len() + self.encode(&rest[..fits], out, u64::MAX)
     }
 
     fn end_line(&mut self, empty: bool) {
@@ -345,6 +398,25 @@ mod tests {
             } else {
                 // One more byte would not fit.
                 prop_assert!(wire_size(&msg[..kept.len() + 1]) > limit);
+            }
+        }
+
+        #[test]
+        fn encoder_push_within_matches_counting_the_kept_prefix(msg in message(), chunk in 1usize..32, limit in 0u64..300) {
+            let (mut encoder, mut out, mut kept) = (BodyEncoder::new(None), Vec::new(), Vec::new());
+            for piece in msg.chunks(chunk) {
+                let fits = encoder.push_within(piece, limit, &mut out);
+                kept.extend_from_slice(&piece[..fits]);
+                if fits < piece.len() {
+                    break;
+                }
+            }
+            prop_assert_eq!(encoder.counted().finish(), wire_size(&kept));
+            encoder.finish(&mut out);
+            prop_assert_eq!(&unstuff(&out), &crlf(&kept));
+            prop_assert!(wire_size(&kept) <= limit);
+            if wire_size(&msg) <= limit {
+                prop_assert_eq!(&kept, &msg);
             }
         }
     }

@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, B
 use tracing::Instrument;
 
 use crate::auth::sasl::{self, Mechanism};
-use crate::protocol::response::{self, BodyEncoder, TERMINATOR, WireSize};
+use crate::protocol::response::{self, BodyEncoder, TERMINATOR};
 use crate::protocol::{Command, command};
 use crate::shared::Shared;
 use lines::Line;
@@ -353,12 +353,10 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
     /// Send `status` and the encoded body; a small message goes out in a single write.
     async fn stream_message(&mut self, status: Vec<u8>, body: Body, top: Option<u64>) -> std::io::Result<()> {
         let mut encoder = BodyEncoder::new(top);
-        // Never more than LIST announced, even if the file grew since the scan.
-        let mut sent = WireSize::default();
         let mut out = status;
         out.reserve(body.head.len() + body.head.len() / 16 + TERMINATOR.len() + 2);
-        let fits = sent.push_within(&body.head, body.size);
-        encoder.push(&body.head[..fits], &mut out);
+        // Never more than LIST announced, even if the file grew since the scan.
+        let fits = encoder.push_within(&body.head, body.size, &mut out);
         if let (Some(mut file), true) = (body.rest, fits == body.head.len()) {
             let timeout = self.core.context.shared.config.write_timeout();
             let mut chunk = vec![0u8; STREAM_CHUNK];
@@ -370,9 +368,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
                 if n == 0 {
                     break;
                 }
-                let fits = sent.push_within(&chunk[..n], body.size);
-                encoder.push(&chunk[..fits], &mut out);
-                if fits < n {
+                if encoder.push_within(&chunk[..n], body.size, &mut out) < n {
                     break;
                 }
             }
