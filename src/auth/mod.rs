@@ -1,6 +1,7 @@
 //! Who may log in: the users and APOP secrets files, password and APOP checks, password import.
 
 pub mod apop;
+pub mod import;
 pub mod password;
 pub mod sasl;
 pub mod schemes;
