@@ -279,3 +279,44 @@ async fn shadow_users_log_in_and_locked_accounts_are_skipped() {
     assert!(!logs_in(&server, "dave", PASSWORD).await);
     assert!(!logs_in(&server, "root", PASSWORD).await);
 }
+
+#[tokio::test]
+async fn a_rehash_that_cannot_be_written_leaves_the_login_and_the_hash_alone() {
+    let fixture = Fixture::new("");
+    let file = source(&fixture, "passwd", &format!("carol:{SHA512_CRYPT}\n"));
+    assert_ok(&import(&fixture, "--dovecot-passwd", &file, &[]));
+    // The users file's lock cannot be taken (as under a read-only /etc): the rewrite fails.
+    let lock = fixture.dir.path().join(".users.lock");
+    fs::remove_file(&lock).expect("the import left its lock file");
+    fs::create_dir(&lock).unwrap();
+    let server = TestServer::start_on(fixture).await;
+    assert!(logs_in(&server, "carol", PASSWORD).await, "a failed rehash must not fail the login");
+    assert_eq!(stored(&server.fixture, "carol"), SHA512_CRYPT);
+    assert!(logs_in(&server, "carol", PASSWORD).await);
+    assert!(!logs_in(&server, "carol", "wrong").await);
+}
+
+/// `apopd user` and `user import` wait for the lock the server's rehash takes, so neither
+/// can overwrite the other's change.
+#[test]
+fn user_commands_wait_for_the_users_file_lock() {
+    let fixture = Fixture::new("");
+    let lock = fs::File::create(fixture.dir.path().join(".users.lock")).unwrap();
+    lock.lock().unwrap();
+    let before = fs::read(users_file(&fixture)).unwrap();
+    let file = source(&fixture, "passwd", &format!("carol:{SHA512_CRYPT}\n"));
+    let mut child = Command::new(APOPD)
+        .args(["user", "import", "--dovecot-passwd"])
+        .arg(&file)
+        .arg("--config")
+        .arg(&fixture.config_path)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn apopd user import");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(child.try_wait().unwrap().is_none(), "the import did not wait for the lock");
+    assert_eq!(fs::read(users_file(&fixture)).unwrap(), before);
+    drop(lock);
+    assert!(child.wait().unwrap().success());
+    assert_eq!(stored(&fixture, "carol"), SHA512_CRYPT);
+}

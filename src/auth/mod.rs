@@ -123,8 +123,9 @@ impl Authenticator {
         let checked = tokio::task::spawn_blocking(move || {
             let stored = schemes::parse(&value).ok()?;
             let matched = stored.verify(&password);
-            if !stored.scheme().is_slow() {
-                // A fast scheme must not answer faster than an unknown user does.
+            if !stored.scheme().is_argon2() {
+                // An imported scheme (SHA-crypt takes ~1 ms, SSHA and PLAIN nothing) must not
+                // answer faster than an unknown user, who costs one argon2id run.
                 let _ = password::verify(&password, &dummy);
             }
             let upgrade = (matched && rehash && stored.scheme() != Scheme::Argon2id)

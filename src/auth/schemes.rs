@@ -83,9 +83,9 @@ impl Scheme {
         }
     }
 
-    /// True for the deliberately slow (key-stretching) schemes, which need a blocking thread.
-    pub fn is_slow(self) -> bool {
-        !matches!(self, Scheme::Ssha512 | Scheme::Ssha256 | Scheme::Plain)
+    /// True for the argon2 variants (what the unknown-user dummy costs).
+    pub fn is_argon2(self) -> bool {
+        matches!(self, Scheme::Argon2id | Scheme::Argon2i | Scheme::Argon2d)
     }
 }
 

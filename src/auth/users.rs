@@ -143,10 +143,13 @@ pub fn lock(path: &Path, owned_like: &[&Path]) -> Result<Lock, FileError> {
             .mode(0o600)
             .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&lock_path)?;
-        let mine = file.metadata()?.uid() == nix::unistd::geteuid().as_raw();
-        if mine
+        // Root (running `apopd user`) hands the lock file to the users file's owner, so that
+        // the server, running as that owner, can open it too.
+        let meta = file.metadata()?;
+        if nix::unistd::geteuid().is_root()
             && let Some(owner) =
                 std::iter::once(path).chain(owned_like.iter().copied()).find_map(|p| fs::metadata(p).ok())
+            && (meta.uid(), meta.gid()) != (owner.uid(), owner.gid())
         {
             std::os::unix::fs::fchown(&file, Some(owner.uid()), Some(owner.gid()))?;
         }
