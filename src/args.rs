@@ -96,6 +96,29 @@ pub enum UserAction {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Import users with their existing password hashes from a Dovecot passwd-file or
+    /// /etc/shadow: all lines or none. See docs/migration-passwords.md.
+    #[command(group(clap::ArgGroup::new("source").required(true).args(["dovecot_passwd", "shadow"])))]
+    Import {
+        /// A Dovecot passwd-file: `user:{SCHEME}hash:uid:gid:gecos:home:shell:extra` lines.
+        #[arg(long, value_name = "FILE")]
+        dovecot_passwd: Option<PathBuf>,
+        /// An /etc/shadow-style file: `user:hash:lastchg:…` lines (locked accounts and root are skipped).
+        #[arg(long, value_name = "FILE")]
+        shadow: Option<PathBuf>,
+        /// Also store each {PLAIN} password as the user's APOP secret (needs apop_secrets_file).
+        #[arg(long, conflicts_with = "shadow")]
+        apop_from_plain: bool,
+        /// Overwrite users (and APOP secrets) that already exist instead of refusing.
+        #[arg(long)]
+        replace: bool,
+        /// Print what the file holds and what an import would do; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// The config file.
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
     /// List users and which login methods each has.
     List {
         /// The config file.

@@ -1,5 +1,6 @@
 //! Subcommands: the little glue each one needs (their clap definitions are `apopd::args`).
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -7,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use apopd::args::{Args, Command, DEFAULT_CONFIG, UserAction};
 use apopd::auth::users::{self, Entries};
-use apopd::auth::{apop, password};
+use apopd::auth::{apop, import, password};
 use apopd::config::Config;
 use apopd::server::{Kind, Server, reload_tls_on_hangup};
 use apopd::store::deliver::DeliverError;
@@ -197,10 +198,19 @@ fn user(action: UserAction) -> anyhow::Result<ExitCode> {
     match action {
         UserAction::Add { name, apop, config } => set_credentials(&name, apop, &config, true),
         UserAction::Passwd { name, apop, config } => set_credentials(&name, apop, &config, false),
+        UserAction::Import { dovecot_passwd, shadow, apop_from_plain, replace, dry_run, config } => {
+            let source = match (dovecot_passwd, shadow) {
+                (Some(path), _) => (path, import::Source::DovecotPasswd),
+                (None, Some(path)) => (path, import::Source::Shadow),
+                (None, None) => bail!("give --dovecot-passwd FILE or --shadow FILE"),
+            };
+            import_users(&source.0, source.1, apop_from_plain, replace, dry_run, &config)
+        }
         UserAction::Del { name, config } => {
             let config = Config::load(&config)?;
             let mut found = false;
             for path in files(&config) {
+                let _lock = users::lock(&path, &owned_like(&config))?;
                 let mut entries = users::read_entries(&path, true)?;
                 if entries.remove(&name).is_some() {
                     users::write_entries(&path, &entries, &owned_like(&config))?;
@@ -255,22 +265,31 @@ fn set_credentials(name: &str, with_apop: bool, config: &Path, adding: bool) -> 
         "invalid user name {name:?}: use 1-64 of A-Z a-z 0-9 . _ @ + - (not starting with a dot)"
     );
     let config = Config::load(config)?;
-    let mut hashes = users::read_entries(&config.users_file, true)?;
-    match (adding, hashes.contains_key(name)) {
+    let exists_as_expected = |hashes: &Entries| match (adding, hashes.contains_key(name)) {
         (true, true) => bail!("user {name:?} exists; use `apopd user passwd`"),
         (false, false) => bail!("no such user {name:?}; use `apopd user add`"),
-        _ => {}
-    }
+        _ => Ok(()),
+    };
+    exists_as_expected(&users::read_entries(&config.users_file, true)?)?;
     let secrets_path = match (with_apop, &config.apop_secrets_file) {
         (true, None) => bail!("--apop needs apop_secrets_file in the config"),
-        (_, path) => path.clone(),
+        (true, path) => path.clone(),
+        (false, _) => None,
     };
     let mut input = Secrets::from_stdin();
     let password = input.next_confirmed("Password: ")?;
     anyhow::ensure!(!password.is_empty(), "empty password");
     let secret = if with_apop { Some(input.next_confirmed("APOP secret: ")?) } else { None };
     anyhow::ensure!(secret.as_ref().is_none_or(|s| !s.is_empty()), "empty APOP secret");
-    // Everything is read and checked before anything is written.
+    // Read again and write under the writers' locks (the server takes the users file's to
+    // rehash a password on login); everything is checked before anything is written.
+    let owners = owned_like(&config);
+    let _locks = (
+        users::lock(&config.users_file, &owners)?,
+        secrets_path.as_deref().map(|p| users::lock(p, &owners)).transpose()?,
+    );
+    let mut hashes = users::read_entries(&config.users_file, true)?;
+    exists_as_expected(&hashes)?;
     let secrets = match (secret, secrets_path) {
         (Some(secret), Some(path)) => {
             let mut secrets = users::read_entries(&path, true)?;
@@ -280,11 +299,71 @@ fn set_credentials(name: &str, with_apop: bool, config: &Path, adding: bool) -> 
         _ => None,
     };
     hashes.insert(name.to_owned(), password::hash(password.as_bytes()).map_err(anyhow::Error::msg)?);
-    users::write_entries(&config.users_file, &hashes, &owned_like(&config))?;
+    users::write_entries(&config.users_file, &hashes, &owners)?;
     if let Some((path, secrets)) = secrets {
-        users::write_entries(&path, &secrets, &owned_like(&config))?;
+        users::write_entries(&path, &secrets, &owners)?;
     }
     println!("{} {name}", if adding { "added" } else { "updated" });
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `user import`: read and check every line of `source`, then write the users file (and the
+/// APOP secrets) once, under their locks; or, with `dry_run`, print the report and write nothing.
+fn import_users(
+    source: &Path,
+    kind: import::Source,
+    apop_from_plain: bool,
+    replace: bool,
+    dry_run: bool,
+    config: &Path,
+) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config)?;
+    let parsed = import::read(source, kind)?;
+    if dry_run {
+        print!("{}", import::report(source, kind, &parsed));
+        let users = users::read_entries(&config.users_file, true)?;
+        let present: Vec<&str> =
+            parsed.entries.iter().map(|e| e.user.as_str()).filter(|u| users.contains_key(*u)).collect();
+        if !present.is_empty() {
+            println!(
+                "  already in {} (refused without --replace): {}",
+                config.users_file.display(),
+                present.join(", ")
+            );
+        }
+        return Ok(if parsed.refused.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+    }
+    let secrets_path = match (apop_from_plain, &config.apop_secrets_file) {
+        (true, None) => bail!("--apop-from-plain needs apop_secrets_file in the config"),
+        (true, Some(path)) => Some(path.clone()),
+        (false, _) => None,
+    };
+    let owners = owned_like(&config);
+    let _locks = (
+        users::lock(&config.users_file, &owners)?,
+        secrets_path.as_deref().map(|p| users::lock(p, &owners)).transpose()?,
+    );
+    let hashes = users::read_entries(&config.users_file, true)?;
+    let secrets = secrets_path.as_deref().map(|p| users::read_entries(p, true)).transpose()?;
+    let (hashes, secrets) =
+        import::merge(&parsed, hashes, secrets, replace, apop_from_plain).map_err(anyhow::Error::msg)?;
+    users::write_entries(&config.users_file, &hashes, &owners)?;
+    if let (Some(path), Some(secrets)) = (&secrets_path, &secrets) {
+        users::write_entries(path, secrets, &owners)?;
+    }
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for entry in &parsed.entries {
+        *counts.entry(entry.stored.scheme().name()).or_default() += 1;
+    }
+    let counts: Vec<String> = counts.iter().map(|(name, n)| format!("{name} {n}")).collect();
+    println!("imported {} user(s) from {}: {}", parsed.entries.len(), source.display(), counts.join(", "));
+    let apop = parsed.entries.iter().filter(|e| apop_from_plain && e.stored.plain().is_some()).count();
+    if apop > 0 {
+        println!("  {apop} APOP secret(s) from PLAIN passwords");
+    }
+    for notice in &parsed.skipped {
+        println!("  skipped {notice}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -32,9 +32,12 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
     /// Each user's maildir, `{user}` standing for the user name.
     pub mail_root: String,
-    /// `name:argon2-PHC-string` lines.
+    /// `name:stored-password` lines: argon2id PHC strings, or imported `{SCHEME}…` / crypt(3) ones.
     #[serde(default = "default_users_file")]
     pub users_file: PathBuf,
+    /// After a successful login with an imported (non-argon2id) hash, replace it by argon2id.
+    #[serde(default = "default_true")]
+    pub rehash_on_login: bool,
     /// `name:secret` lines for APOP; must be mode 0600.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub apop_secrets_file: Option<PathBuf>,
@@ -103,6 +106,9 @@ fn default_listen() -> Vec<SocketAddr> {
 }
 fn default_users_file() -> PathBuf {
     PathBuf::from("/etc/apopd/users")
+}
+fn default_true() -> bool {
+    true
 }
 fn default_sasl_mechanisms() -> Vec<Mechanism> {
     vec![Mechanism::Plain, Mechanism::Login]

@@ -42,7 +42,8 @@ pub struct Shared {
 impl Shared {
     /// Build from a validated config: loads the users files.
     pub fn new(config: Config) -> anyhow::Result<Self> {
-        let auth = Authenticator::load(&config.users_file, config.apop_secrets_file.as_deref())?;
+        let auth = Authenticator::load(&config.users_file, config.apop_secrets_file.as_deref())?
+            .with_rehash_on_login(config.rehash_on_login);
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => Some(Tls::load(cert, key)?),
             _ => None,
