@@ -28,8 +28,7 @@ macro_rules! keys {
     ($($variant:ident = $name:literal,)*) => {
         /// The name of one reply text; its file key is [`Key::name`].
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        #[allow(missing_docs)]
-        pub enum Key { $($variant,)* }
+        pub enum Key { $(#[doc = concat!("The `", $name, "` text (see i18n/en.toml).")] $variant,)* }
 
         impl Key {
             /// Every key, in file order.
@@ -495,6 +494,8 @@ mod tests {
             for key in Key::ALL {
                 assert!(!language.text(*key).trim().is_empty(), "{} {}", language.tag(), key.name());
             }
+            // Clients such as fetchmail read the size from the start of RETR's +OK line.
+            assert!(language.text(Key::RetrOk).starts_with("{size} "), "{}", language.tag());
         }
     }
 
