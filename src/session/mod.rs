@@ -6,7 +6,9 @@
 //! state again over TLS.
 
 mod authorization;
+mod language;
 pub mod lines;
+mod syntax;
 mod transaction;
 
 use std::net::SocketAddr;
@@ -17,10 +19,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, B
 use tracing::Instrument;
 
 use crate::auth::sasl::{self, Mechanism};
-use crate::i18n::{I_DEFAULT, Key, Texts};
-use crate::protocol::command::Problem;
+use crate::i18n::{Key, Texts};
 use crate::protocol::response::{self, BodyEncoder, TERMINATOR, WireSize};
-use crate::protocol::{Command, ParseError, command};
+use crate::protocol::{Command, command};
 use crate::shared::Shared;
 use lines::Line;
 use transaction::{Body, Transaction};
@@ -307,63 +308,23 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
                 // Only the first word: a password typed on a line of its own must not be logged.
                 let word = line.split(|&b| b == b' ').next().unwrap_or_default();
                 tracing::debug!(keyword = ?String::from_utf8_lossy(&word[..word.len().min(8)]), "bad command: {e:?}");
-                return Outcome::Reply(response::err(&parse_error_text(e, context.texts())));
+                return Outcome::Reply(response::err(&syntax::error_text(e, context.texts())));
             }
         };
         tracing::debug!(?command);
         match command {
             Command::Capa => return Outcome::Reply(self.capabilities()),
-            Command::Lang(None) => return Outcome::Reply(self.languages()),
-            Command::Lang(Some(range)) => return Outcome::Reply(self.select_language(&range)),
-            Command::Utf8 => return Outcome::Reply(self.utf8()),
+            Command::Lang(None) => return Outcome::Reply(language::listing(context)),
+            Command::Lang(Some(range)) => return Outcome::Reply(language::select(&mut self.core.context, &range)),
+            Command::Utf8 => {
+                let logged_in = matches!(self.core.state, State::Transaction(_));
+                return Outcome::Reply(language::utf8(&mut self.core.context, logged_in));
+            }
             _ => {}
         }
         match &mut self.core.state {
             State::Authorization(auth) => auth.handle(command, context).await,
             State::Transaction(transaction) => transaction.handle(command, context.texts()).await,
-        }
-    }
-
-    /// LANG without an argument (RFC 6856 §3): one `tag description` line per language, each
-    /// described in its own language, and `i-default`.
-    fn languages(&self) -> Vec<u8> {
-        let t = self.core.context.texts();
-        let catalog = &self.core.context.shared.i18n;
-        let lines = catalog.languages().iter().map(|l| format!("{} {}", l.tag(), l.text(Key::LanguageName)));
-        let default = std::iter::once(format!("{I_DEFAULT} {}", t.get(Key::LangDefault)));
-        response::multi_line(t.get(Key::LangListing), lines.chain(default))
-    }
-
-    /// LANG range: switch languages and answer `+OK <tag> <text>` in the new one; `*` is the
-    /// configured `language`. An unknown range keeps the language and answers `-ERR`.
-    fn select_language(&mut self, range: &str) -> Vec<u8> {
-        let shared = self.core.context.shared.clone();
-        let chosen = if range == "*" {
-            let i = shared.default_language;
-            Some((i, shared.i18n.languages()[i].tag()))
-        } else {
-            shared.i18n.select(range)
-        };
-        let Some((index, tag)) = chosen else {
-            return response::err(self.core.context.texts().get(Key::LangUnknown));
-        };
-        self.core.context.lang = index;
-        tracing::debug!(language = tag, "LANG");
-        response::ok(&format!("{tag} {}", self.core.context.texts().get(Key::LangChanged)))
-    }
-
-    /// UTF8 (RFC 6856 §2): only in AUTHORIZATION.
-    fn utf8(&mut self) -> Vec<u8> {
-        let context = &mut self.core.context;
-        match self.core.state {
-            State::Authorization(_) => {
-                context.utf8 = true;
-                response::ok(context.texts().get(Key::Utf8Ok))
-            }
-            State::Transaction(_) => {
-                let args: &[(&str, &dyn std::fmt::Display)] = &[("command", &"UTF8")];
-                response::err(&context.texts().hinted(Key::Utf8AfterLogin, Key::HintLoggedIn, args))
-            }
         }
     }
 
@@ -445,36 +406,6 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
         }
         encoder.finish(&mut out);
         self.send(&out).await
-    }
-}
-
-/// The `-ERR` text for a line that is not a valid command, with a hint where one helps.
-fn parse_error_text(e: ParseError, t: Texts<'_>) -> String {
-    let (keyword, problem) = match e {
-        ParseError::Unknown => return t.hinted(Key::UnknownCommand, Key::HintUnknownCommand, &[]),
-        ParseError::Empty => return t.get(Key::EmptyCommand).to_owned(),
-        ParseError::BadArguments { keyword, problem } => (keyword, problem),
-    };
-    let (key, hint) = match problem {
-        Problem::NoArguments => (Key::NoArguments, Some(Key::HintNoArguments)),
-        Problem::NeedsPassword => (Key::PassNeedsPassword, None),
-        Problem::OneUserName => (Key::UserNeedsName, None),
-        Problem::ApopArguments => (Key::ApopArguments, Some(Key::HintApopArguments)),
-        Problem::BadMechanism => (Key::BadMechanism, None),
-        Problem::BadInitialResponse => (Key::BadInitialResponse, None),
-        Problem::AuthArguments => (Key::AuthArguments, None),
-        Problem::NeedsMessageNumber => (Key::NeedsMessageNumber, Some(Key::HintNeedsMessageNumber)),
-        Problem::InvalidMessageNumber => (Key::InvalidMessageNumber, Some(Key::HintInvalidMessageNumber)),
-        Problem::InvalidLineCount => (Key::InvalidLineCount, Some(Key::HintTop)),
-        Problem::TopArguments => (Key::TopArguments, Some(Key::HintTop)),
-        Problem::TooManyArguments => (Key::TooManyArguments, None),
-        Problem::ArgumentTooLong => (Key::ArgumentTooLong, None),
-        Problem::LangArguments => (Key::LangArguments, None),
-    };
-    let args: &[(&str, &dyn std::fmt::Display)] = &[("command", &keyword)];
-    match hint {
-        Some(hint) => t.hinted(key, hint, args),
-        None => t.fill(key, args),
     }
 }
 
