@@ -154,21 +154,28 @@ async fn utf8_only_in_authorization_and_never_before_stls() {
     assert!(caps.iter().any(|l| l == "UTF8 USER") && caps.iter().any(|l| l == "LANG"), "{caps:?}");
 }
 
-#[tokio::test]
-async fn utf8_user_names_are_accepted_only_after_utf8() {
-    let fixture = Fixture::new("");
-    let name = "ユーザー";
+/// A UTF-8 user name with APOP secret `himitsu` and one message, in a demo copy.
+const UTF8_USER: &str = "ユーザー";
+const UTF8_MESSAGE: &str = "Subject: =?UTF-8?B?5pel5pys?=\r\n\r\nこんにちは\r\n";
+
+fn fixture_with_utf8_user(extra: &str) -> Fixture {
+    let fixture = Fixture::new(extra);
     let secrets = fixture.dir.path().join("apop-secrets");
     let mut text = std::fs::read_to_string(&secrets).unwrap();
-    text.push_str(&format!("{name}:himitsu\n"));
+    text.push_str(&format!("{UTF8_USER}:himitsu\n"));
     std::fs::write(&secrets, text).unwrap();
-    let maildir = fixture.maildir(name);
+    let maildir = fixture.maildir(UTF8_USER);
     for sub in ["cur", "new", "tmp"] {
         std::fs::create_dir_all(maildir.join(sub)).unwrap();
     }
-    let message = "Subject: =?UTF-8?B?5pel5pys?=\r\n\r\nこんにちは\r\n";
-    std::fs::write(maildir.join("new/1700000000.M1P1.host"), message).unwrap();
-    let server = TestServer::start_on(fixture).await;
+    std::fs::write(maildir.join("new/1700000000.M1P1.host"), UTF8_MESSAGE).unwrap();
+    fixture
+}
+
+#[tokio::test]
+async fn utf8_user_names_are_accepted_only_after_utf8() {
+    let (name, message) = (UTF8_USER, UTF8_MESSAGE);
+    let server = TestServer::start_on(fixture_with_utf8_user("")).await;
     let catalog = catalog();
     let en = catalog.texts(0, false);
 
@@ -209,4 +216,49 @@ async fn i18n_dir_changes_and_adds_languages() {
     let (_, lines) = c.multi("LANG").await;
     assert!(lines.contains(&"eo Esperanto".to_owned()), "{lines:?}");
     assert_eq!(c.cmd("LANG ja").await, ok(format!("ja {}", catalog().texts(1, false).get(Key::LangChanged))));
+}
+
+#[tokio::test]
+async fn python_poplib_sends_utf8_and_lang() {
+    if !have_program("python3", "python3") {
+        return;
+    }
+    let server = TestServer::start_on(fixture_with_utf8_user("")).await;
+    // poplib implements RFC 6856's UTF8 (POP3.utf8) and sends commands as UTF-8.
+    let script = r#"
+import poplib, sys
+p = poplib.POP3(sys.argv[1], int(sys.argv[2]), timeout=30)
+caps = p.capa()
+assert caps.get('UTF8') == ['USER'] and caps.get('LANG') == [], caps
+print(p.utf8().decode())
+print(p._shortcmd('LANG ja').decode())
+print(p.apop(sys.argv[3], 'himitsu').decode())
+print(p.retr(1)[1][2].decode())
+print(p.quit().decode())
+"#;
+    let addr = server.addr;
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .args(["-c", script, &addr.ip().to_string(), &addr.port().to_string(), UTF8_USER])
+            .env("PYTHONIOENCODING", "utf-8")
+            .output()
+            .expect("run python3")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let catalog = catalog();
+    let ja = catalog.texts(catalog.index_of("ja").unwrap(), false);
+    let expected = [
+        ok(catalog.texts(0, false).get(Key::Utf8Ok)),
+        ok(format!("ja {}", ja.get(Key::LangChanged))),
+        ok(ja.fill(
+            Key::LoginOk,
+            &[("user", &UTF8_USER), ("messages", &ja.messages(1)), ("octets", &UTF8_MESSAGE.len())],
+        )),
+        "こんにちは".to_owned(),
+        ok(ja.fill(Key::SigningOffDeleted, &[("messages", &ja.messages(0))])),
+    ];
+    assert_eq!(stdout.lines().collect::<Vec<_>>(), expected);
 }
