@@ -262,7 +262,8 @@ fn files(config: &Config) -> Vec<PathBuf> {
 fn set_credentials(name: &str, with_apop: bool, config: &Path, adding: bool) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
         store::is_valid_user_name(name),
-        "invalid user name {name:?}: use 1-64 of A-Z a-z 0-9 . _ @ + - (not starting with a dot)"
+        "invalid user name {name:?}: use 1-64 bytes of A-Z a-z 0-9 . _ @ + - and non-ASCII letters and digits \
+         (not starting with a dot)"
     );
     let config = Config::load(config)?;
     let exists_as_expected = |hashes: &Entries| match (adding, hashes.contains_key(name)) {

@@ -9,6 +9,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::sasl::Mechanism;
+use crate::i18n::Catalog;
 use crate::store::{MailRoot, OwnerRule, Policy};
 
 /// RFC 1939 §3: an inactivity autologout timer must be at least 10 minutes.
@@ -99,6 +100,15 @@ pub struct Config {
     /// When started as root: the group to run as (default: `run_as_user`'s primary group).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_as_group: Option<String>,
+    /// The language of replies until a client sends `LANG` (RFC 6856), e.g. `"ja"`.
+    #[serde(default = "default_language")]
+    pub language: String,
+    /// A directory of `<tag>.toml` reply-text files that change or add languages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub i18n_dir: Option<PathBuf>,
+    /// Classroom mode: `-ERR` replies explain the mistake (never anything about credentials).
+    #[serde(default)]
+    pub lab_hints: bool,
 }
 
 fn default_listen() -> Vec<SocketAddr> {
@@ -119,6 +129,9 @@ fn default_hostname() -> String {
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".to_owned())
+}
+fn default_language() -> String {
+    "en".to_owned()
 }
 fn default_max_message_size() -> u64 {
     Policy::default().max_message_size
@@ -168,7 +181,7 @@ impl Config {
     fn resolve_paths(&mut self, base: &Path) {
         // `join` keeps an absolute path as it is.
         self.users_file = base.join(&self.users_file);
-        for path in [&mut self.apop_secrets_file, &mut self.tls_cert, &mut self.tls_key] {
+        for path in [&mut self.apop_secrets_file, &mut self.tls_cert, &mut self.tls_key, &mut self.i18n_dir] {
             *path = path.as_deref().map(|p| base.join(p));
         }
         if Path::new(&self.mail_root).is_relative() {
@@ -229,7 +242,17 @@ impl Config {
         if self.auth_failure_delay_ms > 60_000 {
             bail!("auth_failure_delay_ms: {} is over a minute; clients would time out", self.auth_failure_delay_ms);
         }
+        let catalog = self.catalog()?;
+        if catalog.index_of(&self.language).is_none() {
+            let tags: Vec<&str> = catalog.languages().iter().map(|l| l.tag()).collect();
+            bail!("language: {:?} is not one of {}", self.language, tags.join(", "));
+        }
         Ok(())
+    }
+
+    /// The reply texts: the built-in languages and those in `i18n_dir`.
+    pub fn catalog(&self) -> anyhow::Result<Catalog> {
+        Catalog::load(self.i18n_dir.as_deref()).context("i18n_dir")
     }
 
     /// The validated mail root.
@@ -347,6 +370,17 @@ mod tests {
         assert!(err("mail_root = \"/m/{user}\"\nsasl_mechanisms = [\"GSSAPI\"]").contains("sasl_mechanisms"));
         let c = parse("mail_root = \"/m/{user}\"\napop_secrets_file = \"s\"\nsasl_mechanisms = [\"SCRAM-SHA-256\"]");
         assert_eq!(c.unwrap().sasl_mechanisms, vec![Mechanism::ScramSha256]);
+    }
+
+    #[test]
+    fn language_must_exist() {
+        assert_eq!(parse("mail_root = \"/m/{user}\"").unwrap().language, "en");
+        assert!(!parse("mail_root = \"/m/{user}\"").unwrap().lab_hints);
+        assert_eq!(parse("mail_root = \"/m/{user}\"\nlanguage = \"zh-Hans\"").unwrap().language, "zh-Hans");
+        let err = format!("{:#}", parse("mail_root = \"/m/{user}\"\nlanguage = \"de\"").unwrap_err());
+        assert!(err.contains("language") && err.contains("ja"), "{err}");
+        let err = format!("{:#}", parse("mail_root = \"/m/{user}\"\ni18n_dir = \"nowhere\"").unwrap_err());
+        assert!(err.contains("i18n_dir") && err.contains("nowhere"), "{err}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use crate::config::Config;
+use crate::i18n::Key;
 use crate::protocol::response;
 use crate::session;
 use crate::shared::{IpSlot, Shared};
@@ -149,10 +150,10 @@ async fn accept_loop(listener: TcpListener, kind: Kind, shared: Arc<Shared>, lim
             }
         };
         let _ = stream.set_nodelay(true);
-        let why = match limit.clone().try_acquire_owned() {
-            Err(_) => "too many connections",
+        let (why, key) = match limit.clone().try_acquire_owned() {
+            Err(_) => ("too many connections", Key::TooManyConnections),
             Ok(permit) => match shared.admit(peer.ip()) {
-                None => "too many connections from your address",
+                None => ("too many connections from your address", Key::TooManyConnectionsIp),
                 Some(slot) => {
                     tokio::spawn(serve_connection(stream, peer, kind, shared.clone(), permit, slot));
                     continue;
@@ -163,7 +164,7 @@ async fn accept_loop(listener: TcpListener, kind: Kind, shared: Arc<Shared>, lim
         if let Ok(refusal) = refusals.clone().try_acquire_owned() {
             let shared = shared.clone();
             tokio::spawn(async move {
-                refuse(stream, kind, shared, why).await;
+                refuse(stream, kind, shared, key).await;
                 drop(refusal);
             });
         }
@@ -195,8 +196,8 @@ async fn serve_connection(
 }
 
 /// Answer `-ERR [SYS/TEMP]` and close (over TLS on a POP3S listener, or the client sees garbage).
-async fn refuse(stream: TcpStream, kind: Kind, shared: Arc<Shared>, why: &str) {
-    let reply = response::err(&format!("[SYS/TEMP] {why}; try again later"));
+async fn refuse(stream: TcpStream, kind: Kind, shared: Arc<Shared>, why: Key) {
+    let reply = response::err(shared.default_texts().get(why));
     let work = async {
         match (kind, shared.tls.as_ref()) {
             (Kind::Tls, Some(tls)) => {

@@ -13,6 +13,7 @@ use crate::auth::Authenticator;
 use crate::auth::apop::TimestampMaker;
 use crate::auth::throttle::{Policy, Throttle};
 use crate::config::Config;
+use crate::i18n::{Catalog, Texts};
 use crate::store::MailRoot;
 use crate::tls::Tls;
 
@@ -27,6 +28,10 @@ pub struct Shared {
     pub timestamps: TimestampMaker,
     /// Where mailboxes are.
     pub mail_root: MailRoot,
+    /// Every reply text in every language.
+    pub i18n: Catalog,
+    /// The index in `i18n` of the configured `language`, where sessions start.
+    pub default_language: usize,
     /// Certificate and key, when TLS is configured.
     pub tls: Option<Tls>,
     /// Failed-login memory.
@@ -54,7 +59,11 @@ impl Shared {
             max_failures_per_ip: config.max_auth_failures_per_ip,
             window: Duration::from_secs(config.auth_failure_window_secs),
         });
+        let i18n = config.catalog()?;
+        let default_language = i18n.index_of(&config.language).unwrap_or(0);
         Ok(Shared {
+            i18n,
+            default_language,
             throttle,
             shutdown: tokio::sync::watch::Sender::new(false),
             per_ip: Mutex::new(HashMap::new()),
@@ -65,6 +74,11 @@ impl Shared {
             config,
             last_login: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The texts of the configured language (for replies outside a session).
+    pub fn default_texts(&self) -> Texts<'_> {
+        self.i18n.texts(self.default_language, self.config.lab_hints)
     }
 
     /// How long `user` must still wait under LOGIN-DELAY, if at all.

@@ -32,12 +32,14 @@ async fn capa_in_authorization_and_transaction() {
             "AUTH-RESP-CODE",
             "PIPELINING",
             "EXPIRE NEVER",
+            "UTF8 USER",
+            "LANG",
             IMPLEMENTATION
         ])
     );
     // CAPA does not disturb a USER in progress.
     assert_eq!(c.cmd("USER alice").await, "+OK send PASS");
-    assert_eq!(c.multi("CAPA").await.1.len(), 9);
+    assert_eq!(c.multi("CAPA").await.1.len(), 11);
     assert_eq!(c.cmd(&format!("PASS {ALICE_PASSWORD}")).await, "+OK alice's maildrop has 5 messages (3038 octets)");
 
     // In TRANSACTION, USER is gone (it no longer works).
@@ -45,7 +47,17 @@ async fn capa_in_authorization_and_transaction() {
     assert_eq!(status, "+OK capability list follows");
     assert_eq!(
         lines,
-        caps(&["TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING", "EXPIRE NEVER", IMPLEMENTATION])
+        caps(&[
+            "TOP",
+            "UIDL",
+            "RESP-CODES",
+            "AUTH-RESP-CODE",
+            "PIPELINING",
+            "EXPIRE NEVER",
+            "UTF8 USER",
+            "LANG",
+            IMPLEMENTATION
+        ])
     );
     assert_eq!(c.cmd("STAT").await, "+OK 5 3038");
     assert_eq!(c.cmd("CAPA now").await, "-ERR CAPA takes no arguments");
@@ -68,6 +80,8 @@ async fn capa_lists_login_delay_when_configured() {
             "PIPELINING",
             "EXPIRE NEVER",
             "LOGIN-DELAY 5",
+            "UTF8 USER",
+            "LANG",
             IMPLEMENTATION
         ])
     );

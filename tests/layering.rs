@@ -1,5 +1,6 @@
 //! The module dependency direction, enforced: main → cli → server → session → auth/store →
-//! protocol. A layer may name the layers below it, never one above.
+//! protocol, and i18n (the reply texts) below them all. A layer may name the layers below it,
+//! never one above.
 //!
 //! Reads the source files of the lower layers and fails naming every `crate::…` path (in `use`
 //! lines, grouped imports `crate::{…}` and inline paths alike; comments are skipped) that
@@ -15,6 +16,8 @@ const RULES: &[(&str, &[&str])] = &[
     ("auth", &["server", "cli", "session", "shared"]),
     ("store", &["server", "cli", "session", "shared", "auth"]),
     ("protocol", &["server", "cli", "session", "shared", "auth", "store", "config", "tls"]),
+    // The reply texts are a leaf every layer may use.
+    ("i18n", &["server", "cli", "session", "shared", "auth", "store", "config", "tls", "protocol"]),
 ];
 
 /// Every `.rs` file under `dir`, recursively, sorted.

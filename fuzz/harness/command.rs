@@ -47,6 +47,8 @@ fn render(command: &Command) -> (&'static [u8], Vec<Vec<u8>>) {
         Command::Capa => (b"CAPA", vec![]),
         Command::Stls => (b"STLS", vec![]),
         Command::Auth { mechanism, initial } => (b"AUTH", mechanism.iter().chain(initial).map(s).collect()),
+        Command::Lang(range) => (b"LANG", range.iter().map(s).collect()),
+        Command::Utf8 => (b"UTF8", vec![]),
     }
 }
 

@@ -40,6 +40,35 @@ pub enum Command {
     Stls,
     /// `AUTH [mechanism [initial-response]]` (RFC 5034)
     Auth { mechanism: Option<String>, initial: Option<String> },
+    /// `LANG [range]` (RFC 6856): list the languages, or select one (`*`: the default).
+    Lang(Option<String>),
+    /// `UTF8` (RFC 6856): UTF-8 user names and passwords from now on.
+    Utf8,
+}
+
+impl Command {
+    /// The command's keyword, upper case (for texts such as hints).
+    pub fn keyword(&self) -> &'static str {
+        match self {
+            Command::User(_) => "USER",
+            Command::Pass(_) => "PASS",
+            Command::Apop { .. } => "APOP",
+            Command::Quit => "QUIT",
+            Command::Stat => "STAT",
+            Command::List(_) => "LIST",
+            Command::Retr(_) => "RETR",
+            Command::Dele(_) => "DELE",
+            Command::Noop => "NOOP",
+            Command::Rset => "RSET",
+            Command::Top { .. } => "TOP",
+            Command::Uidl(_) => "UIDL",
+            Command::Capa => "CAPA",
+            Command::Stls => "STLS",
+            Command::Auth { .. } => "AUTH",
+            Command::Lang(_) => "LANG",
+            Command::Utf8 => "UTF8",
+        }
+    }
 }
 
 // Hand-written so a password never reaches a log line through `{:?}`.
@@ -63,23 +92,66 @@ impl fmt::Debug for Command {
             Command::Auth { mechanism, initial } => {
                 write!(f, "Auth({mechanism:?}{})", if initial.is_some() { ", <initial response>" } else { "" })
             }
+            Command::Lang(range) => write!(f, "Lang({range:?})"),
+            Command::Utf8 => f.write_str("Utf8"),
         }
     }
 }
 
-/// Why a line is not a valid command; the text is what the client is told after `-ERR `.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why a line is not a valid command; the session turns it into a text in the client's language.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ParseError {
     /// The keyword is not a POP3 command we implement.
-    #[error("unknown command")]
     Unknown,
     /// The line holds no keyword at all.
-    #[error("empty command")]
     Empty,
     /// The keyword is known but its arguments are not.
-    #[error("{0}")]
-    BadArguments(&'static str),
+    BadArguments {
+        /// The command, upper case.
+        keyword: &'static str,
+        /// What is wrong with the arguments.
+        problem: Problem,
+    },
 }
+
+/// What is wrong with a known command's arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Problem {
+    /// The command takes none.
+    NoArguments,
+    /// PASS without a password.
+    NeedsPassword,
+    /// USER needs exactly one name.
+    OneUserName,
+    /// APOP needs a name and a digest.
+    ApopArguments,
+    /// An AUTH mechanism name that is not printable.
+    BadMechanism,
+    /// An AUTH initial response that is not printable.
+    BadInitialResponse,
+    /// AUTH with more than two arguments.
+    AuthArguments,
+    /// RETR or DELE without a message number.
+    NeedsMessageNumber,
+    /// A message number that is not made of digits.
+    InvalidMessageNumber,
+    /// A TOP line count that is not made of digits.
+    InvalidLineCount,
+    /// TOP without both arguments.
+    TopArguments,
+    /// LIST or UIDL with more than one argument.
+    TooManyArguments,
+    /// An argument over [`MAX_ARG_LEN`] octets.
+    ArgumentTooLong,
+    /// LANG with more than one argument, or one that is not a language range.
+    LangArguments,
+}
+
+/// The keywords we implement.
+const KEYWORDS: &[&str] = &[
+    "USER", "PASS", "APOP", "QUIT", "STAT", "NOOP", "RSET", "CAPA", "STLS", "AUTH", "LIST", "UIDL", "RETR", "DELE",
+    "TOP", "LANG", "UTF8",
+];
 
 /// Parse one command line, with its CRLF or LF already removed.
 pub fn parse(line: &[u8]) -> Result<Command, ParseError> {
@@ -96,65 +168,88 @@ pub fn parse(line: &[u8]) -> Result<Command, ParseError> {
     let mut upper = [0u8; 4];
     upper[..keyword.len()].copy_from_slice(keyword);
     upper.make_ascii_uppercase();
-    let keyword = &upper[..keyword.len()];
+    let upper = &upper[..keyword.len()];
+    let Some(&keyword) = KEYWORDS.iter().find(|k| k.as_bytes() == upper) else {
+        return Err(ParseError::Unknown);
+    };
+    arguments(keyword, rest).map_err(|problem| ParseError::BadArguments { keyword, problem })
+}
 
+/// The command `keyword` with the argument bytes `rest`.
+fn arguments(keyword: &'static str, rest: &[u8]) -> Result<Command, Problem> {
     // PASS keeps its argument verbatim: passwords may contain (and end in) spaces.
-    if keyword == b"PASS" {
+    if keyword == "PASS" {
         if rest.is_empty() {
-            return Err(ParseError::BadArguments("PASS needs a password"));
+            return Err(Problem::NeedsPassword);
         }
         return Ok(Command::Pass(rest.to_vec()));
     }
-
     let args = Args::split(rest)?;
     let cmd = match keyword {
-        b"USER" => Command::User(args.exactly_one_text("USER needs exactly one user name")?),
-        b"APOP" => match args.as_slice() {
-            [name, digest] => Command::Apop {
-                name: text(name, "APOP needs a user name and a digest")?,
-                digest: text(digest, "APOP needs a user name and a digest")?,
-            },
-            _ => return Err(ParseError::BadArguments("APOP needs a user name and a digest")),
+        "USER" => match args.as_slice() {
+            [one] => Command::User(name(one, Problem::OneUserName)?),
+            _ => return Err(Problem::OneUserName),
         },
-        b"QUIT" => args.none(Command::Quit, "QUIT takes no arguments")?,
-        b"STAT" => args.none(Command::Stat, "STAT takes no arguments")?,
-        b"NOOP" => args.none(Command::Noop, "NOOP takes no arguments")?,
-        b"RSET" => args.none(Command::Rset, "RSET takes no arguments")?,
-        b"CAPA" => args.none(Command::Capa, "CAPA takes no arguments")?,
-        b"STLS" => args.none(Command::Stls, "STLS takes no arguments")?,
-        b"AUTH" => match args.as_slice() {
+        "APOP" => match args.as_slice() {
+            [user, digest] => Command::Apop {
+                name: name(user, Problem::ApopArguments)?,
+                digest: text(digest, Problem::ApopArguments)?,
+            },
+            _ => return Err(Problem::ApopArguments),
+        },
+        "QUIT" => args.none(Command::Quit)?,
+        "STAT" => args.none(Command::Stat)?,
+        "NOOP" => args.none(Command::Noop)?,
+        "RSET" => args.none(Command::Rset)?,
+        "CAPA" => args.none(Command::Capa)?,
+        "STLS" => args.none(Command::Stls)?,
+        "UTF8" => args.none(Command::Utf8)?,
+        "AUTH" => match args.as_slice() {
             [] => Command::Auth { mechanism: None, initial: None },
-            [mechanism] => Command::Auth { mechanism: Some(text(mechanism, "bad mechanism name")?), initial: None },
+            [mechanism] => Command::Auth { mechanism: Some(text(mechanism, Problem::BadMechanism)?), initial: None },
             [mechanism, initial] => Command::Auth {
-                mechanism: Some(text(mechanism, "bad mechanism name")?),
-                initial: Some(text(initial, "bad initial response")?),
+                mechanism: Some(text(mechanism, Problem::BadMechanism)?),
+                initial: Some(text(initial, Problem::BadInitialResponse)?),
             },
-            _ => return Err(ParseError::BadArguments("AUTH takes a mechanism and an optional initial response")),
+            _ => return Err(Problem::AuthArguments),
         },
-        b"LIST" => Command::List(args.optional_number()?),
-        b"UIDL" => Command::Uidl(args.optional_number()?),
-        b"RETR" => Command::Retr(args.one_number("RETR needs a message number")?),
-        b"DELE" => Command::Dele(args.one_number("DELE needs a message number")?),
-        b"TOP" => match args.as_slice() {
+        "LANG" => match args.as_slice() {
+            [] => Command::Lang(None),
+            [range] if is_language_range(range) => Command::Lang(Some(text(range, Problem::LangArguments)?)),
+            _ => return Err(Problem::LangArguments),
+        },
+        "LIST" => Command::List(args.optional_number()?),
+        "UIDL" => Command::Uidl(args.optional_number()?),
+        "RETR" => Command::Retr(args.one_number()?),
+        "DELE" => Command::Dele(args.one_number()?),
+        "TOP" => match args.as_slice() {
             [msg, lines] => Command::Top {
-                msg: number(msg, "invalid message number")?,
-                lines: number(lines, "invalid line count")?,
+                msg: number(msg, Problem::InvalidMessageNumber)?,
+                lines: number(lines, Problem::InvalidLineCount)?,
             },
-            _ => return Err(ParseError::BadArguments("TOP needs a message number and a line count")),
+            _ => return Err(Problem::TopArguments),
         },
-        _ => return Err(ParseError::Unknown),
+        _ => return Err(Problem::NoArguments), // not reached: `parse` passes only KEYWORDS
     };
     Ok(cmd)
+}
+
+/// `*`, or a basic language range (RFC 4647): subtags of letters and digits joined by `-`.
+fn is_language_range(arg: &[u8]) -> bool {
+    arg == b"*"
+        || arg
+            .split(|&b| b == b'-')
+            .all(|sub| (1..=8).contains(&sub.len()) && sub.iter().all(u8::is_ascii_alphanumeric))
 }
 
 /// The space-separated arguments after the keyword (at most two are ever meaningful).
 struct Args<'a>(Vec<&'a [u8]>);
 
 impl<'a> Args<'a> {
-    fn split(rest: &'a [u8]) -> Result<Self, ParseError> {
+    fn split(rest: &'a [u8]) -> Result<Self, Problem> {
         let args: Vec<&[u8]> = rest.split(|&b| b == b' ').filter(|a| !a.is_empty()).take(3).collect();
         if args.iter().any(|a| a.len() > MAX_ARG_LEN) {
-            return Err(ParseError::BadArguments("argument too long"));
+            return Err(Problem::ArgumentTooLong);
         }
         Ok(Args(args))
     }
@@ -163,46 +258,44 @@ impl<'a> Args<'a> {
         &self.0
     }
 
-    fn none(&self, cmd: Command, why: &'static str) -> Result<Command, ParseError> {
-        if self.0.is_empty() { Ok(cmd) } else { Err(ParseError::BadArguments(why)) }
+    fn none(&self, cmd: Command) -> Result<Command, Problem> {
+        if self.0.is_empty() { Ok(cmd) } else { Err(Problem::NoArguments) }
     }
 
-    fn exactly_one_text(&self, why: &'static str) -> Result<String, ParseError> {
+    fn one_number(&self) -> Result<u64, Problem> {
         match self.as_slice() {
-            [one] => text(one, why),
-            _ => Err(ParseError::BadArguments(why)),
+            [one] => number(one, Problem::InvalidMessageNumber),
+            _ => Err(Problem::NeedsMessageNumber),
         }
     }
 
-    fn one_number(&self, why: &'static str) -> Result<u64, ParseError> {
-        match self.as_slice() {
-            [one] => number(one, "invalid message number"),
-            _ => Err(ParseError::BadArguments(why)),
-        }
-    }
-
-    fn optional_number(&self) -> Result<Option<u64>, ParseError> {
+    fn optional_number(&self) -> Result<Option<u64>, Problem> {
         match self.as_slice() {
             [] => Ok(None),
-            [one] => number(one, "invalid message number").map(Some),
-            _ => Err(ParseError::BadArguments("too many arguments")),
+            [one] => number(one, Problem::InvalidMessageNumber).map(Some),
+            _ => Err(Problem::TooManyArguments),
         }
     }
 }
 
-/// A printable-ASCII argument (user names, digests).
-fn text(arg: &[u8], why: &'static str) -> Result<String, ParseError> {
-    if arg.iter().all(|b| b.is_ascii_graphic()) {
-        Ok(String::from_utf8_lossy(arg).into_owned())
-    } else {
-        Err(ParseError::BadArguments(why))
+/// A printable-ASCII argument (digests, mechanisms, language ranges).
+fn text(arg: &[u8], why: Problem) -> Result<String, Problem> {
+    if arg.iter().all(|b| b.is_ascii_graphic()) { Ok(String::from_utf8_lossy(arg).into_owned()) } else { Err(why) }
+}
+
+/// A user name: UTF-8 without control characters (RFC 6856 allows UTF-8 names after `UTF8`;
+/// the session checks that, and the store which names can be a maildir).
+fn name(arg: &[u8], why: Problem) -> Result<String, Problem> {
+    match std::str::from_utf8(arg) {
+        Ok(name) if !name.chars().any(char::is_control) => Ok(name.to_owned()),
+        _ => Err(why),
     }
 }
 
 /// A decimal number made of digits only; values past `u64` saturate (they are out of range anyway).
-fn number(arg: &[u8], why: &'static str) -> Result<u64, ParseError> {
+fn number(arg: &[u8], why: Problem) -> Result<u64, Problem> {
     if arg.is_empty() || !arg.iter().all(u8::is_ascii_digit) {
-        return Err(ParseError::BadArguments(why));
+        return Err(why);
     }
     Ok(arg.iter().fold(0u64, |n, d| n.saturating_mul(10).saturating_add(u64::from(d - b'0'))))
 }
@@ -239,7 +332,7 @@ mod tests {
     #[test]
     fn bad_numbers_are_refused() {
         for line in [&b"RETR"[..], b"RETR x", b"RETR -1", b"RETR +1", b"RETR 1 2", b"DELE 1.5", b"TOP 1", b"TOP 1 -1"] {
-            assert!(matches!(parse(line), Err(ParseError::BadArguments(_))), "{line:?}");
+            assert!(matches!(parse(line), Err(ParseError::BadArguments { .. })), "{line:?}");
         }
         assert_eq!(parse(b"RETR 99999999999999999999999"), Ok(Command::Retr(u64::MAX)));
         assert_eq!(parse(b"RETR 0"), Ok(Command::Retr(0)));
@@ -258,7 +351,29 @@ mod tests {
     #[test]
     fn user_names_must_be_printable() {
         assert!(parse(b"USER a\x01b").is_err());
+        assert!(parse(b"USER a\xc2\x85b").is_err(), "a C1 control character");
+        assert!(parse(b"USER \xff").is_err(), "not UTF-8");
         assert_eq!(parse(b"USER ../../etc"), Ok(Command::User("../../etc".into())));
+        assert_eq!(parse("USER ユーザー".as_bytes()), Ok(Command::User("ユーザー".into())));
+        assert!(parse("APOP ユーザー c4c9334bac560ecc979e58001b3e22fb".as_bytes()).is_ok());
+        assert!(parse("APOP u ä".as_bytes()).is_err(), "digests are ASCII");
+    }
+
+    #[test]
+    fn lang_and_utf8() {
+        assert_eq!(parse(b"LANG"), Ok(Command::Lang(None)));
+        assert_eq!(parse(b"lang zh-Hans"), Ok(Command::Lang(Some("zh-Hans".into()))));
+        assert_eq!(parse(b"LANG *"), Ok(Command::Lang(Some("*".into()))));
+        for bad in [&b"LANG a b"[..], b"LANG ja_JP", b"LANG -", b"LANG abcdefghi", b"LANG en-"] {
+            let e = parse(bad);
+            assert_eq!(
+                e,
+                Err(ParseError::BadArguments { keyword: "LANG", problem: Problem::LangArguments }),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(parse(b"utf8"), Ok(Command::Utf8));
+        assert_eq!(parse(b"UTF8 x"), Err(ParseError::BadArguments { keyword: "UTF8", problem: Problem::NoArguments }));
     }
 
     #[test]

@@ -32,7 +32,12 @@ fn status(indicator: &str, text: &str) -> Vec<u8> {
         // Never let a line ending inside `text` split the response.
         line.extend(text.bytes().map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b }));
     }
-    line.truncate(MAX_RESPONSE_LINE - 2);
+    // Cut at a character boundary: a translated text must stay valid UTF-8.
+    let mut end = line.len().min(MAX_RESPONSE_LINE - 2);
+    while end > indicator.len() && end < line.len() && line[end] & 0xC0 == 0x80 {
+        end -= 1;
+    }
+    line.truncate(end);
     line.extend_from_slice(b"\r\n");
     line
 }
@@ -50,11 +55,6 @@ pub fn push_number(out: &mut Vec<u8>, mut n: u64) {
         }
     }
     out.extend_from_slice(&digits[at..]);
-}
-
-/// `1 message`, `2 messages`: counts in replies read as English.
-pub fn count(n: usize, noun: &str) -> String {
-    if n == 1 { format!("1 {noun}") } else { format!("{n} {noun}s") }
 }
 
 /// A complete multi-line response: status line, `lines` (each ending CRLF, stuffed), terminator.
@@ -340,6 +340,11 @@ mod tests {
         let long = "x".repeat(2000);
         assert_eq!(ok(&long).len(), MAX_RESPONSE_LINE);
         assert_eq!(err("a\r\nb"), b"-ERR a  b\r\n");
+        // A long translated text is cut before a character, never inside one.
+        let long = "語".repeat(300);
+        let line = ok(&long);
+        assert!(line.len() <= MAX_RESPONSE_LINE && line.ends_with(b"\r\n"));
+        assert!(std::str::from_utf8(&line).is_ok());
     }
 
     #[test]

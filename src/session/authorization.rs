@@ -5,12 +5,10 @@ use std::time::Instant;
 use super::transaction::Transaction;
 use super::{Context, Outcome};
 use crate::auth::sasl::{self, Exchange, Mechanism, Step};
+use crate::i18n::Key;
 use crate::protocol::Command;
-use crate::protocol::response::{count as count_of, err, multi_line, ok};
+use crate::protocol::response::{err, multi_line, ok};
 use crate::store::{Mailbox, OpenError};
-
-/// The one answer to every failed login: unknown user and wrong password look the same.
-const AUTH_FAILED: &str = "[AUTH] invalid user name or password";
 
 /// Refusal of USER/PASS, AUTH PLAIN and AUTH LOGIN without TLS from an untrusted network,
 /// naming what this connection does offer.
@@ -23,11 +21,12 @@ fn plaintext_refused(cx: &Context) -> Outcome {
         alternatives.push("APOP");
     }
     alternatives.extend(cx.mechanisms().into_iter().map(|m| m.name()));
-    let hint = match alternatives.as_slice() {
-        [] => String::new(),
-        names => format!("; use {}", names.join(" or ")),
+    let t = cx.texts();
+    let text = match alternatives.as_slice() {
+        [] => t.get(Key::PlaintextRefused).to_owned(),
+        names => t.fill(Key::PlaintextRefusedUse, &[("alternatives", &names.join(t.get(Key::Or)))]),
     };
-    Outcome::Reply(err(&format!("[AUTH] plaintext passwords are not accepted on this unencrypted connection{hint}")))
+    Outcome::Reply(err(&text))
 }
 
 /// AUTHORIZATION state: the name given by USER, or a SASL exchange in progress.
@@ -50,48 +49,56 @@ impl Authorization {
 
     /// Handle one command in AUTHORIZATION.
     pub async fn handle(&mut self, command: Command, cx: &Context) -> Outcome {
+        let t = cx.texts();
+        let keyword = command.keyword();
         match command {
             Command::User(name) => {
                 if !cx.plaintext_allowed() {
                     return plaintext_refused(cx);
                 }
+                if !name.is_ascii() && !cx.utf8 {
+                    return Outcome::Reply(err(t.get(Key::Utf8Names)));
+                }
                 self.user = Some(name);
-                Outcome::Reply(ok("send PASS"))
+                Outcome::Reply(ok(t.get(Key::SendPass)))
             }
             Command::Pass(password) => {
                 let Some(user) = self.user.take() else {
-                    return Outcome::Reply(err("give USER first"));
+                    return Outcome::Reply(err(&t.hinted(Key::GiveUserFirst, Key::HintPassAfterUser, &[])));
                 };
                 if let Some(refusal) = throttled(cx) {
                     return refusal;
                 }
                 let accepted = cx.shared.auth.check_password(&user, password).await;
-                login(cx, user, accepted, "USER/PASS").await
+                login(cx, user, accepted, "USER/PASS", None).await
             }
-            Command::Apop { .. } if cx.timestamp.is_empty() => {
-                Outcome::Reply(err("APOP is not enabled on this server"))
-            }
+            Command::Apop { .. } if cx.timestamp.is_empty() => Outcome::Reply(err(t.get(Key::ApopDisabled))),
+            Command::Apop { name, .. } if !name.is_ascii() && !cx.utf8 => Outcome::Reply(err(t.get(Key::Utf8Names))),
             Command::Apop { name, digest } => {
                 self.user = None;
                 if let Some(refusal) = throttled(cx) {
                     return refusal;
                 }
                 let accepted = cx.shared.auth.check_apop(&name, &cx.timestamp, &digest);
-                login(cx, name, accepted, "APOP").await
+                // A hint may explain the digest's syntax: that says nothing about the user.
+                let malformed = digest.len() != 32 || !digest.bytes().all(|b| b.is_ascii_hexdigit());
+                login(cx, name, accepted, "APOP", malformed.then_some(Key::HintApopDigest)).await
             }
-            Command::Stls if cx.secure => Outcome::Reply(err("already using TLS")),
+            Command::Stls if cx.secure => Outcome::Reply(err(t.get(Key::AlreadyTls))),
+            // RFC 6856 §2.1: no STLS after UTF8.
+            Command::Stls if cx.utf8 => Outcome::Reply(err(t.get(Key::StlsAfterUtf8))),
             Command::Stls if cx.stls_available() => {
                 self.user = None;
-                Outcome::StartTls(ok("begin TLS negotiation"))
+                Outcome::StartTls(ok(t.get(Key::StlsBegin)))
             }
-            Command::Stls => Outcome::Reply(err("STLS is not available: no certificate is configured")),
+            Command::Stls => Outcome::Reply(err(t.get(Key::StlsUnavailable))),
             Command::Auth { mechanism: None, .. } => {
                 let names = cx.mechanisms().into_iter().map(Mechanism::name);
-                Outcome::Reply(multi_line("SASL mechanisms follow", names))
+                Outcome::Reply(multi_line(t.get(Key::SaslList), names))
             }
             Command::Auth { mechanism: Some(name), initial } => self.start_sasl(&name, initial, cx).await,
-            Command::Quit => Outcome::Close(ok("apopd signing off")),
-            _ => Outcome::Reply(err("not logged in yet: use USER/PASS, APOP or AUTH first")),
+            Command::Quit => Outcome::Close(ok(t.get(Key::SigningOff))),
+            _ => Outcome::Reply(err(&t.hinted(Key::NotLoggedIn, Key::HintNotLoggedIn, &[("command", &keyword)]))),
         }
     }
 
@@ -106,12 +113,12 @@ impl Authorization {
             {
                 return plaintext_refused(cx);
             }
-            return Outcome::Reply(err("unsupported SASL mechanism; AUTH alone lists them"));
+            return Outcome::Reply(err(cx.texts().get(Key::SaslUnsupported)));
         };
         let initial = match initial.as_deref().map(|i| sasl::decode_response(i.as_bytes())) {
             None => None,
             Some(Some(decoded)) => Some(decoded),
-            Some(None) => return Outcome::Reply(err("initial response is not valid base64")),
+            Some(None) => return Outcome::Reply(err(cx.texts().get(Key::SaslBadInitial))),
         };
         let (exchange, step) = Exchange::start(mechanism, initial, cx.shared.timestamps.next(), &cx.shared.auth);
         self.sasl = Some((mechanism, exchange));
@@ -122,14 +129,14 @@ impl Authorization {
     pub async fn continue_sasl(&mut self, line: &[u8], cx: &Context) -> Outcome {
         if line == b"*" {
             self.sasl = None;
-            return Outcome::Reply(err("authentication cancelled"));
+            return Outcome::Reply(err(cx.texts().get(Key::SaslCancelled)));
         }
         let Some(response) = sasl::decode_response(line) else {
             self.sasl = None;
-            return Outcome::Reply(err("response is not valid base64; authentication aborted"));
+            return Outcome::Reply(err(cx.texts().get(Key::SaslBadBase64)));
         };
         let Some((_, exchange)) = self.sasl.as_mut() else {
-            return Outcome::Reply(err("no authentication in progress"));
+            return Outcome::Reply(err(cx.texts().get(Key::SaslNotRunning)));
         };
         let step = exchange.step(&response, &cx.shared.auth);
         self.after_step(step, cx).await
@@ -146,11 +153,11 @@ impl Authorization {
             }
             Step::CheckPassword { user, password } => {
                 let accepted = cx.shared.auth.check_password(&user, password).await;
-                login(cx, user, accepted, method).await
+                login(cx, user, accepted, method, None).await
             }
-            Step::Authenticated { user } => login(cx, user, true, method).await,
-            Step::Failed { user } => login(cx, user.unwrap_or_default(), false, method).await,
-            Step::Malformed(why) => Outcome::Reply(err(why)),
+            Step::Authenticated { user } => login(cx, user, true, method, None).await,
+            Step::Failed { user } => login(cx, user.unwrap_or_default(), false, method, None).await,
+            Step::Malformed(why) => Outcome::Reply(err(cx.texts().get(why))),
         }
     }
 }
@@ -159,30 +166,32 @@ impl Authorization {
 fn throttled(cx: &Context) -> Option<Outcome> {
     let left = cx.shared.throttle.blocked_for(cx.peer.ip(), Instant::now())?;
     tracing::warn!(peer = %cx.peer.ip(), "login refused: too many failed logins");
-    Some(Outcome::Reply(err(&format!(
-        "[LOGIN-DELAY] too many failed logins from your address; try again in {} seconds",
-        left.as_secs().max(1)
-    ))))
+    Some(Outcome::Reply(err(&cx.texts().fill(Key::Throttled, &[("seconds", &left.as_secs().max(1))]))))
 }
 
 /// Finish a login attempt: delay failures, enforce LOGIN-DELAY, lock and open the mailbox.
-async fn login(cx: &Context, user: String, accepted: bool, method: &str) -> Outcome {
+///
+/// Every failure gets one answer, whether the user exists or not, after the same delay;
+/// `syntax_hint` (shown only with `lab_hints`) may explain the form of what the client sent.
+async fn login(cx: &Context, user: String, accepted: bool, method: &str, syntax_hint: Option<Key>) -> Outcome {
+    let t = cx.texts();
+    let auth_failed = || match syntax_hint {
+        Some(hint) => t.hinted(Key::AuthFailed, hint, &[]),
+        None => t.get(Key::AuthFailed).to_owned(),
+    };
     if !accepted {
         // fail2ban matches this line: keep "authentication failed peer=<ip>" stable.
         tracing::warn!(peer = %cx.peer.ip(), user = ?user, method, "authentication failed");
         let delay = cx.shared.throttle.failed(cx.peer.ip(), &user, Instant::now());
         tokio::time::sleep(delay).await;
-        return Outcome::Reply(err(AUTH_FAILED));
+        return Outcome::Reply(err(&auth_failed()));
     }
     cx.shared.throttle.succeeded(&user);
     if let Some(wait) = cx.shared.login_delay_left(&user, Instant::now()) {
-        return Outcome::Reply(err(&format!(
-            "[LOGIN-DELAY] wait {} more seconds before logging in again",
-            wait.as_secs().max(1)
-        )));
+        return Outcome::Reply(err(&t.fill(Key::LoginDelay, &[("seconds", &wait.as_secs().max(1))])));
     }
     let Some(location) = cx.shared.mail_root.locate(&user) else {
-        return Outcome::Reply(err(AUTH_FAILED));
+        return Outcome::Reply(err(&auth_failed()));
     };
     let policy = cx.shared.mail_root.policy().clone();
     let opened = tokio::task::spawn_blocking(move || Mailbox::open(&location, &policy)).await;
@@ -193,24 +202,25 @@ async fn login(cx: &Context, user: String, accepted: bool, method: &str) -> Outc
             let transaction = Transaction::new(mailbox);
             let (count, octets) = transaction.totals();
             tracing::info!(method, count, octets, "logged in");
-            let reply = ok(&format!("{user}'s maildrop has {} ({octets} octets)", count_of(count, "message")));
+            let messages = t.messages(count as u64);
+            let reply = ok(&t.fill(Key::LoginOk, &[("user", &user), ("messages", &messages), ("octets", &octets)]));
             Outcome::Enter(Box::new(transaction), reply)
         }
         Ok(Err(OpenError::InUse)) => {
             tracing::info!(user = ?user, "mailbox in use");
-            Outcome::Reply(err("[IN-USE] mailbox is already in use by another session"))
+            Outcome::Reply(err(t.get(Key::InUse)))
         }
         Ok(Err(OpenError::Unsafe(e))) => {
             tracing::error!(user = ?user, "refusing to serve an unsafe maildir: {e}");
-            Outcome::Reply(err("[SYS/PERM] the mailbox cannot be served safely; ask the administrator"))
+            Outcome::Reply(err(t.get(Key::UnsafeMailbox)))
         }
         Ok(Err(OpenError::Io(e))) => {
             tracing::error!(user = ?user, "cannot open mailbox: {e}");
-            Outcome::Reply(err("[SYS/TEMP] cannot open mailbox; try again later"))
+            Outcome::Reply(err(t.get(Key::CannotOpen)))
         }
         Err(e) => {
             tracing::error!(user = ?user, "mailbox open task failed: {e}");
-            Outcome::Reply(err("[SYS/TEMP] cannot open mailbox; try again later"))
+            Outcome::Reply(err(t.get(Key::CannotOpen)))
         }
     }
 }

@@ -6,7 +6,9 @@
 //! state again over TLS.
 
 mod authorization;
+mod language;
 pub mod lines;
+mod syntax;
 mod transaction;
 
 use std::net::SocketAddr;
@@ -17,6 +19,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, B
 use tracing::Instrument;
 
 use crate::auth::sasl::{self, Mechanism};
+use crate::i18n::{Key, Texts};
 use crate::protocol::response::{self, BodyEncoder, TERMINATOR};
 use crate::protocol::{Command, command};
 use crate::shared::Shared;
@@ -76,9 +79,18 @@ struct Context {
     timestamp: String,
     /// The connection is encrypted.
     secure: bool,
+    /// The reply language: an index into `shared.i18n` (LANG changes it).
+    lang: usize,
+    /// UTF8 was given (RFC 6856): UTF-8 user names are accepted.
+    utf8: bool,
 }
 
 impl Context {
+    /// The reply texts in this session's language.
+    fn texts(&self) -> Texts<'_> {
+        self.shared.i18n.texts(self.lang, self.shared.config.lab_hints)
+    }
+
     /// USER/PASS, AUTH PLAIN and AUTH LOGIN may be used on this connection.
     fn plaintext_allowed(&self) -> bool {
         self.secure || self.shared.config.plaintext_allowed_from(self.peer.ip())
@@ -117,7 +129,8 @@ where
         // and clients such as curl would otherwise try APOP and never fall back.
         let timestamp =
             if shared.config.apop_secrets_file.is_some() { shared.timestamps.next() } else { String::new() };
-        let context = Context { timestamp, shared, peer, secure };
+        let lang = shared.default_language;
+        let context = Context { timestamp, shared, peer, secure, lang, utf8: false };
         let core = Core { context, state: State::Authorization(Default::default()), errors_in_a_row: 0 };
         let (result, core, stream) = run_on(core, stream, true).await;
         if let Ok(End::StartTls) = result {
@@ -189,7 +202,8 @@ struct Session<R, W> {
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
     async fn run(&mut self, greet: bool) -> std::io::Result<End> {
         if greet {
-            let greeting = format!("apopd POP3 server ready {}", self.core.context.timestamp);
+            let context = &self.core.context;
+            let greeting = format!("{} {}", context.texts().get(Key::Greeting), context.timestamp);
             self.send(&response::ok(greeting.trim_end())).await?;
         }
         let mut shutdown = self.core.context.shared.shutdown.subscribe();
@@ -206,14 +220,16 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
                     Ok(line) => line?,
                     Err(_) => {
                         tracing::info!("idle timeout; nothing deleted");
-                        self.send(&response::err("autologout: idle too long")).await?;
+                        let reply = response::err(self.core.context.texts().get(Key::Autologout));
+                        self.send(&reply).await?;
                         return Ok(End::Closed);
                     }
                 },
                 // The watch::Ref is dropped inside: it must not live across an await.
                 _ = async { shutdown.wait_for(|down| *down).await.is_ok() } => {
                     tracing::info!("server shutting down; nothing deleted");
-                    self.send(&response::err("[SYS/TEMP] server shutting down; nothing was deleted")).await?;
+                    let reply = response::err(self.core.context.texts().get(Key::ShuttingDown));
+                    self.send(&reply).await?;
                     return Ok(End::Closed);
                 }
             };
@@ -226,7 +242,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
                 }
                 Line::TooLong => {
                     self.abandon_sasl();
-                    Outcome::Reply(response::err(&format!("line too long (limit: {max} octets)")))
+                    Outcome::Reply(response::err(&self.core.context.texts().fill(Key::LineTooLong, &[("max", &max)])))
                 }
                 Line::Complete(line) => self.handle(&line).await,
             };
@@ -251,9 +267,10 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
                 }
                 Outcome::Update => {
                     let state = std::mem::replace(&mut self.core.state, State::Authorization(Default::default()));
+                    let texts = self.core.context.texts();
                     let reply = match state {
-                        State::Transaction(transaction) => transaction.update().await,
-                        State::Authorization(_) => response::ok("bye"),
+                        State::Transaction(transaction) => transaction.update(texts).await,
+                        State::Authorization(_) => response::ok(texts.get(Key::Bye)),
                     };
                     self.send(&reply).await?;
                     return Ok(End::Closed);
@@ -261,7 +278,8 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
             }
             if self.core.errors_in_a_row >= MAX_ERRORS_IN_A_ROW {
                 tracing::warn!("too many errors in a row; closing");
-                self.send(&response::err("too many errors, closing connection")).await?;
+                let reply = response::err(self.core.context.texts().get(Key::TooManyErrors));
+                self.send(&reply).await?;
                 return Ok(End::Closed);
             }
         }
@@ -289,17 +307,24 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
             Err(e) => {
                 // Only the first word: a password typed on a line of its own must not be logged.
                 let word = line.split(|&b| b == b' ').next().unwrap_or_default();
-                tracing::debug!(keyword = ?String::from_utf8_lossy(&word[..word.len().min(8)]), "bad command: {e}");
-                return Outcome::Reply(response::err(&e.to_string()));
+                tracing::debug!(keyword = ?String::from_utf8_lossy(&word[..word.len().min(8)]), "bad command: {e:?}");
+                return Outcome::Reply(response::err(&syntax::error_text(e, context.texts())));
             }
         };
         tracing::debug!(?command);
-        if command == Command::Capa {
-            return Outcome::Reply(self.capabilities());
+        match command {
+            Command::Capa => return Outcome::Reply(self.capabilities()),
+            Command::Lang(None) => return Outcome::Reply(language::listing(context)),
+            Command::Lang(Some(range)) => return Outcome::Reply(language::select(&mut self.core.context, &range)),
+            Command::Utf8 => {
+                let logged_in = matches!(self.core.state, State::Transaction(_));
+                return Outcome::Reply(language::utf8(&mut self.core.context, logged_in));
+            }
+            _ => {}
         }
         match &mut self.core.state {
             State::Authorization(auth) => auth.handle(command, context).await,
-            State::Transaction(transaction) => transaction.handle(command).await,
+            State::Transaction(transaction) => transaction.handle(command, context.texts()).await,
         }
     }
 
@@ -324,8 +349,10 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
         if let Some(delay) = context.shared.config.login_delay_secs {
             caps.push(format!("LOGIN-DELAY {delay}"));
         }
+        // RFC 6856: UTF-8 user names and passwords after UTF8; LANG in both states.
+        caps.extend(["UTF8 USER", "LANG"].map(String::from));
         caps.push(concat!("IMPLEMENTATION apopd-", env!("CARGO_PKG_VERSION")).to_owned());
-        response::multi_line("capability list follows", caps)
+        response::multi_line(context.texts().get(Key::CapaFollows), caps)
     }
 
     async fn reply(&mut self, reply: Vec<u8>) -> std::io::Result<()> {

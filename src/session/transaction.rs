@@ -6,7 +6,8 @@ use super::Outcome;
 use crate::protocol::Command;
 use std::io::Read;
 
-use crate::protocol::response::{TERMINATOR, count as count_of, err, ok, push_number};
+use crate::i18n::{Key, Texts};
+use crate::protocol::response::{TERMINATOR, err, ok, push_number};
 use crate::store::{Mailbox, Message};
 
 /// Messages up to this size are read whole in the task that opens them: one trip to the
@@ -77,22 +78,22 @@ impl Transaction {
     }
 
     /// The 0-based index of message `number`, or the `-ERR` to answer.
-    fn index(&self, number: u64) -> Result<usize, Vec<u8>> {
+    fn index(&self, number: u64, t: Texts<'_>) -> Result<usize, Vec<u8>> {
         let count = self.deleted.len();
         match usize::try_from(number) {
             Ok(n) if (1..=count).contains(&n) => {
                 if self.deleted[n - 1] {
-                    Err(err(&format!("message {n} is deleted")))
+                    Err(err(&t.hinted(Key::MessageDeleted, Key::HintDeleted, &[("n", &n)])))
                 } else {
                     Ok(n - 1)
                 }
             }
-            _ => Err(err(&format!("no such message; the maildrop has messages 1 to {count}"))),
+            _ => Err(err(&t.hinted(Key::NoSuchMessage, Key::HintNoSuchMessage, &[("count", &count)]))),
         }
     }
 
-    /// Handle one command in TRANSACTION.
-    pub async fn handle(&mut self, command: Command) -> Outcome {
+    /// Handle one command in TRANSACTION, answering in `t`'s language.
+    pub async fn handle(&mut self, command: Command, t: Texts<'_>) -> Outcome {
         let reply = match command {
             Command::Stat => {
                 let (count, octets) = self.totals();
@@ -100,46 +101,45 @@ impl Transaction {
             }
             Command::List(None) => {
                 let (count, octets) = self.totals();
-                self.listing(&format!("{} ({octets} octets)", count_of(count, "message")), |out, m| {
-                    push_number(out, m.size)
-                })
+                let status = t.fill(Key::ListOk, &[("messages", &t.messages(count as u64)), ("octets", &octets)]);
+                self.listing(&status, |out, m| push_number(out, m.size))
             }
-            Command::List(Some(n)) => match self.index(n) {
+            Command::List(Some(n)) => match self.index(n, t) {
                 Ok(i) => ok(&format!("{} {}", i + 1, self.mailbox.messages()[i].size)),
                 Err(e) => e,
             },
             Command::Uidl(None) => {
-                self.listing("unique-id listing follows", |out, m| out.extend_from_slice(m.uidl.as_bytes()))
+                self.listing(t.get(Key::UidlFollows), |out, m| out.extend_from_slice(m.uidl.as_bytes()))
             }
-            Command::Uidl(Some(n)) => match self.index(n) {
+            Command::Uidl(Some(n)) => match self.index(n, t) {
                 Ok(i) => ok(&format!("{} {}", i + 1, self.mailbox.messages()[i].uidl)),
                 Err(e) => e,
             },
-            Command::Retr(n) => return self.message(n, None).await,
-            Command::Top { msg, lines } => return self.message(msg, Some(lines)).await,
-            Command::Dele(n) => match self.index(n) {
+            Command::Retr(n) => return self.message(n, None, t).await,
+            Command::Top { msg, lines } => return self.message(msg, Some(lines), t).await,
+            Command::Dele(n) => match self.index(n, t) {
                 Ok(i) => {
                     self.deleted[i] = true;
-                    ok(&format!("message {} marked for deletion", i + 1))
+                    ok(&t.fill(Key::DeleOk, &[("n", &(i + 1))]))
                 }
                 Err(e) => e,
             },
             Command::Rset => {
                 self.deleted.fill(false);
                 let (count, octets) = self.totals();
-                ok(&format!("maildrop has {} ({octets} octets)", count_of(count, "message")))
+                ok(&t.fill(Key::RsetOk, &[("messages", &t.messages(count as u64)), ("octets", &octets)]))
             }
             Command::Noop => ok(""),
             Command::Quit => return Outcome::Update,
-            // USER, PASS, APOP (CAPA never gets here: the session answers it in every state).
-            _ => err("already logged in"),
+            // USER, PASS, APOP, AUTH, STLS (CAPA, LANG and UTF8 never get here: the session answers them).
+            other => err(&t.hinted(Key::AlreadyLoggedIn, Key::HintLoggedIn, &[("command", &other.keyword())])),
         };
         Outcome::Reply(reply)
     }
 
     /// RETR (`top` = None) or TOP: open the file before saying +OK, so a missing file is an -ERR.
-    async fn message(&self, number: u64, top: Option<u64>) -> Outcome {
-        let i = match self.index(number) {
+    async fn message(&self, number: u64, top: Option<u64>, t: Texts<'_>) -> Outcome {
+        let i = match self.index(number, t) {
             Ok(i) => i,
             Err(e) => return Outcome::Reply(e),
         };
@@ -149,25 +149,25 @@ impl Transaction {
             Ok(Ok(body)) => {
                 let size = self.mailbox.messages()[i].size;
                 let status = match top {
-                    None => ok(&format!("{size} octets")),
-                    Some(_) => ok("top of message follows"),
+                    None => ok(&t.fill(Key::RetrOk, &[("size", &size)])),
+                    Some(_) => ok(t.get(Key::TopOk)),
                 };
                 Outcome::Message { status, body, top }
             }
             Ok(Err(e)) => {
                 let path = self.mailbox.dir().join(self.mailbox.messages()[i].relative_path());
                 tracing::error!(path = %path.display(), error = %e, "cannot read message");
-                Outcome::Reply(err(&format!("[SYS/TEMP] cannot read message {}", i + 1)))
+                Outcome::Reply(err(&t.fill(Key::CannotReadN, &[("n", &(i + 1))])))
             }
             Err(e) => {
                 tracing::error!("message open task failed: {e}");
-                Outcome::Reply(err("[SYS/TEMP] cannot read message"))
+                Outcome::Reply(err(t.get(Key::CannotRead)))
             }
         }
     }
 
     /// UPDATE: remove the marked messages, then release the lock (by dropping the mailbox).
-    pub async fn update(self) -> Vec<u8> {
+    pub async fn update(self, t: Texts<'_>) -> Vec<u8> {
         let marked: Vec<usize> = (0..self.deleted.len()).filter(|&i| self.deleted[i]).collect();
         let total = marked.len();
         let mailbox = self.mailbox;
@@ -175,20 +175,17 @@ impl Transaction {
         match removal {
             Ok(removal) if removal.failed.is_empty() => {
                 tracing::info!(deleted = removal.removed, "UPDATE done");
-                ok(&format!("apopd signing off ({} deleted)", count_of(removal.removed, "message")))
+                ok(&t.fill(Key::SigningOffDeleted, &[("messages", &t.messages(removal.removed as u64))]))
             }
             Ok(removal) => {
                 for failure in &removal.failed {
                     tracing::error!("cannot delete message: {failure}");
                 }
-                err(&format!(
-                    "[SYS/TEMP] {} of {total} marked messages could not be deleted; they are still in the maildrop",
-                    removal.failed.len()
-                ))
+                err(&t.fill(Key::DeleteFailedSome, &[("failed", &removal.failed.len()), ("total", &total)]))
             }
             Err(e) => {
                 tracing::error!("UPDATE task failed: {e}");
-                err("[SYS/TEMP] deleting the marked messages failed")
+                err(t.get(Key::DeleteFailed))
             }
         }
     }

@@ -8,14 +8,20 @@ use super::safe_fs::{Location, Policy};
 /// The placeholder in `mail_root` that stands for the user name.
 pub const USER_PLACEHOLDER: &str = "{user}";
 
-/// True for names made only of `[A-Za-z0-9._@+-]`, 1 to 64 long, not starting with `.` and
-/// without `..`: such a name is a single, ordinary path component.
+/// True for names of 1 to 64 bytes made only of `[A-Za-z0-9._@+-]` and non-ASCII letters and
+/// digits (UTF-8 names, RFC 6856), not starting with `.` and without `..`: such a name is a
+/// single, ordinary path component. Non-ASCII spaces, punctuation (a fullwidth `／` or `．`),
+/// symbols, control and format characters (bidi overrides) are refused, so a name cannot
+/// look like a path or hide what it is.
 pub fn is_valid_user_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && !name.starts_with('.')
         && !name.contains("..")
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._@+-".contains(&b))
+        && name.chars().all(|c| match c.is_ascii() {
+            true => c.is_ascii_alphanumeric() || "._@+-".contains(c),
+            false => c.is_alphanumeric(),
+        })
 }
 
 /// The `mail_root` template, e.g. `/srv/mail/{user}` or `/home/{user}/Maildir`, and the
@@ -105,7 +111,7 @@ mod tests {
     #[test]
     fn escaping_names_are_refused() {
         let root = MailRoot::new("/srv/mail/{user}").unwrap();
-        for bad in ["", "..", "../../etc", "a/b", ".hidden", "a..b", "a b", "a\0b", "ä", &"x".repeat(65)] {
+        for bad in ["", "..", "../../etc", "a/b", ".hidden", "a..b", "a b", "a\0b", &"x".repeat(65)] {
             assert_eq!(root.locate(bad).map(|l| l.path()), None, "{bad:?}");
         }
         assert_eq!(root.locate("alice").map(|l| l.path()), Some(PathBuf::from("/srv/mail/alice")));
@@ -113,6 +119,29 @@ mod tests {
             root.locate("a.b+c@example.org").map(|l| l.path()),
             Some(PathBuf::from("/srv/mail/a.b+c@example.org"))
         );
+    }
+
+    #[test]
+    fn utf8_names_are_one_plain_component() {
+        let root = MailRoot::new("/srv/mail/{user}").unwrap();
+        for good in ["ä", "ユーザー", "用户", "користувач", "josé.garcía@例え.jp", &"語".repeat(21)]
+        {
+            assert_eq!(root.locate(good).map(|l| l.path()), Some(PathBuf::from(format!("/srv/mail/{good}"))), "{good}");
+        }
+        let bad = [
+            "a\u{2215}b",       // division slash
+            "a\u{ff0f}b",       // fullwidth solidus
+            "\u{ff0e}\u{ff0e}", // fullwidth full stops
+            "a\u{3000}b",       // ideographic space
+            "a\u{a0}b",         // no-break space
+            "\u{202e}gpj",      // right-to-left override
+            "a\u{200b}b",       // zero-width space
+            "a\u{85}b",         // next line (C1 control)
+            "e\u{301}",         // a combining accent (NFD): not a letter of its own
+        ];
+        for bad in bad.iter().copied().chain([&*"語".repeat(22)]) {
+            assert_eq!(root.locate(bad).map(|l| l.path()), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@ use md5::Md5;
 use subtle::ConstantTimeEq;
 
 use super::{Secrets, Step};
+use crate::i18n::Key;
 
 /// Stands in for unknown users so they cost the same work.
 const DUMMY_SECRET: &str = "apopd dummy secret";
@@ -28,14 +29,14 @@ impl CramMd5 {
 
     /// Check the client's `user digest` answer.
     pub fn finish(&self, response: &[u8], secrets: &dyn Secrets) -> Step {
-        let Ok(text) = std::str::from_utf8(response) else { return Step::Malformed("response is not text") };
+        let Ok(text) = std::str::from_utf8(response) else { return Step::Malformed(Key::SaslNotText) };
         let Some((user, digest)) = text.rsplit_once(' ') else {
-            return Step::Malformed("CRAM-MD5 needs user name and digest");
+            return Step::Malformed(Key::CramArguments);
         };
         let secret = secrets.secret_of(user);
         let key = secret.as_deref().unwrap_or(DUMMY_SECRET);
         let Ok(mut mac) = <Hmac<Md5> as KeyInit>::new_from_slice(key.as_bytes()) else {
-            return Step::Malformed("internal error");
+            return Step::Malformed(Key::SaslInternal);
         };
         mac.update(self.challenge.as_bytes());
         let expected = mac.finalize().into_bytes();

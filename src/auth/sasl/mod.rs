@@ -11,6 +11,8 @@ mod scram;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
+use crate::i18n::Key;
+
 /// Longest client response line we read during an exchange (base64 included).
 pub const MAX_RESPONSE_LINE: usize = 2048;
 
@@ -73,7 +75,7 @@ pub enum Step {
     /// Wrong credentials (for the log: the claimed user, if any).
     Failed { user: Option<String> },
     /// The client broke the protocol; the text is for `-ERR`.
-    Malformed(&'static str),
+    Malformed(Key),
 }
 
 /// One AUTH exchange in progress.
@@ -110,7 +112,7 @@ impl Exchange {
             Mechanism::Login => Exchange::Login { user: None },
             Mechanism::CramMd5 => {
                 if initial.is_some() {
-                    return (Exchange::Plain, Step::Malformed("CRAM-MD5 takes no initial response"));
+                    return (Exchange::Plain, Step::Malformed(Key::CramNoInitial));
                 }
                 let cram = cram_md5::CramMd5::new(challenge_id);
                 let challenge = cram.challenge().as_bytes().to_vec();
@@ -135,7 +137,7 @@ impl Exchange {
                     *self = Exchange::Login { user: Some(name.to_owned()) };
                     Step::Challenge(b"Password:".to_vec())
                 }
-                _ => Step::Malformed("invalid user name"),
+                _ => Step::Malformed(Key::SaslBadName),
             },
             Exchange::Login { user: Some(user) } => {
                 Step::CheckPassword { user: std::mem::take(user), password: response.to_vec() }
@@ -151,11 +153,11 @@ fn plain(response: &[u8]) -> Step {
     let mut parts = response.split(|&b| b == 0);
     let (Some(authzid), Some(authcid), Some(password), None) = (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Step::Malformed("PLAIN needs authzid NUL authcid NUL password");
+        return Step::Malformed(Key::PlainFormat);
     };
-    let Ok(user) = std::str::from_utf8(authcid) else { return Step::Malformed("user name is not UTF-8") };
+    let Ok(user) = std::str::from_utf8(authcid) else { return Step::Malformed(Key::SaslNameNotUtf8) };
     if user.is_empty() || password.is_empty() {
-        return Step::Malformed("PLAIN needs a user name and a password");
+        return Step::Malformed(Key::PlainEmpty);
     }
     if !authzid.is_empty() && authzid != authcid {
         // Acting as another user is a proxy feature we do not offer.

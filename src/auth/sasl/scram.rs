@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::{Secrets, Step};
+use crate::i18n::Key;
 
 /// PBKDF2 rounds announced to clients (RFC 7677's minimum).
 pub const ITERATIONS: u32 = 4096;
@@ -71,35 +72,35 @@ impl Scram {
 
     /// Feed the next client message.
     pub fn step(&mut self, response: &[u8], secrets: &dyn Secrets) -> Step {
-        let Ok(text) = std::str::from_utf8(response) else { return Step::Malformed("SCRAM message is not UTF-8") };
+        let Ok(text) = std::str::from_utf8(response) else { return Step::Malformed(Key::ScramNotUtf8) };
         match std::mem::replace(&mut self.phase, Phase::Done) {
             Phase::Start => self.client_first(text, secrets),
             Phase::Sent { user, secret, client_first_bare, server_first, nonce } => {
                 self.client_final(text, user, secret, &client_first_bare, &server_first, &nonce)
             }
             Phase::Verified { user } if text.is_empty() => Step::Authenticated { user },
-            Phase::Verified { .. } => Step::Malformed("expected an empty response after server-final"),
-            Phase::Done => Step::Malformed("exchange already finished"),
+            Phase::Verified { .. } => Step::Malformed(Key::ScramExpectedEmpty),
+            Phase::Done => Step::Malformed(Key::SaslFinished),
         }
     }
 
     fn client_first(&mut self, text: &str, secrets: &dyn Secrets) -> Step {
         let mut header = text.splitn(3, ',');
         let (Some(cbind), Some(authzid), Some(bare)) = (header.next(), header.next(), header.next()) else {
-            return Step::Malformed("malformed client-first message");
+            return Step::Malformed(Key::ScramBadFirst);
         };
         if cbind != "n" && cbind != "y" {
-            return Step::Malformed("channel binding is not supported");
+            return Step::Malformed(Key::ScramChannelBinding);
         }
         let mut attrs = bare.split(',');
         let (Some(name), Some(client_nonce)) =
             (attrs.next().and_then(|a| a.strip_prefix("n=")), attrs.next().and_then(|a| a.strip_prefix("r=")))
         else {
-            return Step::Malformed("client-first needs n= and r=");
+            return Step::Malformed(Key::ScramFirstFields);
         };
-        let Some(user) = unescape_name(name) else { return Step::Malformed("bad user name escape") };
+        let Some(user) = unescape_name(name) else { return Step::Malformed(Key::ScramBadName) };
         if client_nonce.is_empty() || !client_nonce.bytes().all(|b| b.is_ascii_graphic() && b != b',') {
-            return Step::Malformed("bad client nonce");
+            return Step::Malformed(Key::ScramBadNonce);
         }
         if !authzid.is_empty() && authzid.strip_prefix("a=").and_then(unescape_name).as_deref() != Some(user.as_str()) {
             return Step::Failed { user: Some(user) };
@@ -127,19 +128,19 @@ impl Scram {
         nonce: &str,
     ) -> Step {
         let Some((without_proof, proof)) = text.rsplit_once(",p=") else {
-            return Step::Malformed("client-final needs p=");
+            return Step::Malformed(Key::ScramFinalProof);
         };
         let mut attrs = without_proof.split(',');
         let (Some(cbind), Some(final_nonce)) =
             (attrs.next().and_then(|a| a.strip_prefix("c=")), attrs.next().and_then(|a| a.strip_prefix("r=")))
         else {
-            return Step::Malformed("client-final needs c= and r=");
+            return Step::Malformed(Key::ScramFinalFields);
         };
-        let Ok(cbind) = BASE64.decode(cbind) else { return Step::Malformed("bad c= encoding") };
+        let Ok(cbind) = BASE64.decode(cbind) else { return Step::Malformed(Key::ScramBadCbind) };
         if !(cbind.starts_with(b"n,") || cbind.starts_with(b"y,")) || final_nonce != nonce {
             return Step::Failed { user: Some(user) };
         }
-        let Ok(proof) = BASE64.decode(proof) else { return Step::Malformed("bad proof encoding") };
+        let Ok(proof) = BASE64.decode(proof) else { return Step::Malformed(Key::ScramBadProof) };
 
         let password = secret.as_deref().unwrap_or(DUMMY_SECRET);
         let mut salted = [0u8; 32];
