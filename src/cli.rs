@@ -1,5 +1,7 @@
 //! Subcommands: the little glue each one needs (their clap definitions are `apopd::args`).
 
+mod lab;
+
 use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -47,6 +49,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         Command::Deliver { user, config } => Ok(deliver(&user, &config)),
         Command::User { action } => user(action),
+        Command::Lab { action } => lab::run(action),
     }
 }
 

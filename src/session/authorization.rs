@@ -190,7 +190,7 @@ async fn login(cx: &Context, user: String, accepted: bool, method: &str) -> Outc
         Ok(Ok(mailbox)) => {
             tracing::Span::current().record("user", tracing::field::debug(&user));
             cx.shared.record_login(&user, Instant::now());
-            let transaction = Transaction::new(mailbox);
+            let transaction = Transaction::new(user.clone(), mailbox);
             let (count, octets) = transaction.totals();
             tracing::info!(method, count, octets, "logged in");
             let reply = ok(&format!("{user}'s maildrop has {} ({octets} octets)", count_of(count, "message")));

@@ -8,6 +8,7 @@
 mod authorization;
 pub mod lines;
 mod transaction;
+pub mod transcript;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use crate::protocol::{Command, command};
 use crate::shared::Shared;
 use lines::Line;
 use transaction::{Body, Transaction};
+use transcript::Transcript;
 
 /// Consecutive errors after which we stop talking to a client.
 const MAX_ERRORS_IN_A_ROW: u32 = 20;
@@ -104,6 +106,8 @@ struct Core {
     context: Context,
     state: State,
     errors_in_a_row: u32,
+    /// This session's transcript, when `transcript_dir` is set.
+    transcript: Option<Transcript>,
 }
 
 /// Serve one POP3 client on `stream` (already TLS when `secure`) until it quits, drops or times out.
@@ -117,8 +121,9 @@ where
         // and clients such as curl would otherwise try APOP and never fall back.
         let timestamp =
             if shared.config.apop_secrets_file.is_some() { shared.timestamps.next() } else { String::new() };
+        let transcript = shared.transcripts.as_ref().map(|t| t.open(peer));
         let context = Context { timestamp, shared, peer, secure };
-        let core = Core { context, state: State::Authorization(Default::default()), errors_in_a_row: 0 };
+        let core = Core { context, state: State::Authorization(Default::default()), errors_in_a_row: 0, transcript };
         let (result, core, stream) = run_on(core, stream, true).await;
         if let Ok(End::StartTls) = result {
             return start_tls(core, stream).await;
@@ -141,6 +146,9 @@ async fn start_tls<S: AsyncRead + AsyncWrite + Unpin>(mut core: Core, stream: S)
     tracing::info!("STLS: now encrypted");
     tracing::Span::current().record("tls", true);
     core.context.secure = true;
+    if let Some(transcript) = &mut core.transcript {
+        transcript.note("STLS: now encrypted");
+    }
     // Nothing said before the handshake counts afterwards (a USER given before STLS is forgotten).
     core.state = State::Authorization(Default::default());
     let (result, _core, stream) = run_on(core, stream, false).await;
@@ -205,6 +213,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
                 line = read => match line {
                     Ok(line) => line?,
                     Err(_) => {
+                        self.note("idle timeout");
                         tracing::info!("idle timeout; nothing deleted");
                         self.send(&response::err("autologout: idle too long")).await?;
                         return Ok(End::Closed);
@@ -219,16 +228,24 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
             };
             let outcome = match line {
                 Line::Eof => {
+                    self.note("connection closed by the client");
                     if matches!(self.core.state, State::Transaction(_)) {
                         tracing::info!("connection dropped in TRANSACTION; nothing deleted");
                     }
                     return Ok(End::Closed);
                 }
                 Line::TooLong => {
+                    self.note("line too long");
                     self.abandon_sasl();
                     Outcome::Reply(response::err(&format!("line too long (limit: {max} octets)")))
                 }
-                Line::Complete(line) => self.handle(&line).await,
+                Line::Complete(line) => {
+                    let in_sasl = self.in_sasl();
+                    if let Some(transcript) = &mut self.core.transcript {
+                        transcript.client(&line, in_sasl);
+                    }
+                    self.handle(&line).await
+                }
             };
             match outcome {
                 Outcome::Reply(reply) => self.reply(reply).await?,
@@ -237,6 +254,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
                     self.stream_message(status, body, top).await?;
                 }
                 Outcome::Enter(transaction, reply) => {
+                    if let Some(transcript) = &mut self.core.transcript {
+                        transcript.login(transaction.user());
+                    }
                     self.core.state = State::Transaction(transaction);
                     self.reply(reply).await?;
                 }
@@ -264,6 +284,13 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
                 self.send(&response::err("too many errors, closing connection")).await?;
                 return Ok(End::Closed);
             }
+        }
+    }
+
+    /// Note an event in the transcript, if there is one.
+    fn note(&mut self, text: &str) {
+        if let Some(transcript) = &mut self.core.transcript {
+            transcript.note(text);
         }
     }
 
@@ -337,8 +364,16 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
         self.send(&reply).await
     }
 
-    /// Queue `bytes`; flush unless another complete pipelined command is already waiting.
+    /// Send a reply (recorded in the transcript).
     async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if let Some(transcript) = &mut self.core.transcript {
+            transcript.server(bytes);
+        }
+        self.write_out(bytes).await
+    }
+
+    /// Queue `bytes`; flush unless another complete pipelined command is already waiting.
+    async fn write_out(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         let timeout = self.core.context.shared.config.write_timeout();
         let write = async {
             self.writer.write_all(bytes).await?;
@@ -355,6 +390,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
         let mut encoder = BodyEncoder::new(top);
         // Never more than LIST announced, even if the file grew since the scan.
         let mut sent = WireSize::default();
+        // Only the status line and the size go into a transcript, never the mail.
+        let status_line = self.core.transcript.is_some().then(|| status.clone());
+        let mut written = 0u64;
         let mut out = status;
         out.reserve(body.head.len() + body.head.len() / 16 + TERMINATOR.len() + 2);
         let fits = sent.push_within(&body.head, body.size);
@@ -364,6 +402,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
             let mut chunk = vec![0u8; STREAM_CHUNK];
             while !encoder.is_done() {
                 within(timeout, self.writer.write_all(&out)).await?;
+                written += out.len() as u64;
                 out.clear();
                 // A read error here cannot become -ERR (the +OK is out): the connection is dropped.
                 let n = file.read(&mut chunk).await?;
@@ -378,7 +417,11 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
             }
         }
         encoder.finish(&mut out);
-        self.send(&out).await
+        if let (Some(transcript), Some(status)) = (&mut self.core.transcript, status_line) {
+            let text = (written + out.len() as u64).saturating_sub(status.len() as u64);
+            transcript.message(&status, text);
+        }
+        self.write_out(&out).await
     }
 }
 
