@@ -418,7 +418,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
         }
         encoder.finish(&mut out);
         if let (Some(transcript), Some(status)) = (&mut self.core.transcript, status_line) {
-            let text = (written + out.len() as u64).saturating_sub(status.len() as u64);
+            let text = (written + out.len() as u64).saturating_sub((status.len() + TERMINATOR.len()) as u64);
             transcript.message(&status, text);
         }
         self.write_out(&out).await
