@@ -187,7 +187,7 @@ g02b     yes        -     0            0            -     yes   yes   g01b
     }
     let all: String = transcripts(&dir).iter().map(|f| std::fs::read_to_string(f).unwrap()).collect();
     assert!(all.contains("C: PASS ***") && all.contains("C: RETR 1") && all.contains("*: login g01b APOP"));
-    assert!(all.contains("octets of message text, not recorded]"));
+    assert!(all.contains("octets sent, message text not recorded]"));
 }
 
 #[test]

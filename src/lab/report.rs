@@ -283,7 +283,7 @@ mod tests {
             10:00:03.000 C: PASS ***\n10:00:03.100 S: -ERR [AUTH] invalid user name or password\n\
             10:00:03.500 C: USER g01a\n10:00:03.501 S: +OK send PASS\n\
             10:00:04.000 C: PASS ***\n10:00:04.100 *: login g01a USER/PASS\n10:00:04.100 S: +OK g01a's maildrop has 1 message (10 octets)\n\
-            10:00:05.000 C: retr 1\n10:00:05.001 S: +OK 10 octets\n10:00:05.001 S: [10 octets of message text, not recorded]\n\
+            10:00:05.000 C: retr 1\n10:00:05.001 S: +OK 10 octets\n10:00:05.001 S: [10 octets sent, message text not recorded]\n\
             10:00:06.000 C: DELE 2\n10:00:06.001 S: -ERR no such message\n\
             10:00:07.000 C: QUIT\n10:00:07.001 S: +OK bye\n10:00:07.002 *: end\n";
         read_transcript(transcript, &mut r);

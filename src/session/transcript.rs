@@ -122,10 +122,11 @@ impl Transcript {
         }
     }
 
-    /// A RETR/TOP reply: the status line, then only the size of the text that followed it.
+    /// A RETR/TOP reply: the status line, then only how many octets followed it (byte-stuffed,
+    /// without the final `.` line).
     pub fn message(&mut self, status: &[u8], octets: u64) {
         self.server(status);
-        self.line('S', &format!("[{octets} octets of message text, not recorded]"));
+        self.line('S', &format!("[{octets} octets sent, message text not recorded]"));
     }
 
     /// Logged in as `user`.
