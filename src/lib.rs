@@ -16,3 +16,4 @@ pub mod shared;
 pub mod store;
 pub mod systemd;
 pub mod tls;
+pub mod transcript;

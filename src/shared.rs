@@ -13,9 +13,9 @@ use crate::auth::Authenticator;
 use crate::auth::apop::TimestampMaker;
 use crate::auth::throttle::{Policy, Throttle};
 use crate::config::Config;
-use crate::session::transcript::Transcripts;
 use crate::store::MailRoot;
 use crate::tls::Tls;
+use crate::transcript::Transcripts;
 
 /// State shared by all sessions of one server.
 #[derive(Debug)]

@@ -41,12 +41,16 @@ impl Postfix {
 
 impl Drop for Postfix {
     fn drop(&mut self) {
-        let _ = self.postfix("stop");
-        // Should `stop` have failed, the master's pid file still names it.
-        if let Ok(pid) = std::fs::read_to_string(self.queue.join("pid/master.pid")) {
-            if let Ok(pid) = pid.trim().parse::<i32>() {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-            }
+        if self.postfix("stop").status.success() {
+            return;
+        }
+        // `stop` failed: kill the master named in the pid file, if it is still that master
+        // (the file outlives the process, and a pid can be reused).
+        let Ok(pid) = std::fs::read_to_string(self.queue.join("pid/master.pid")) else { return };
+        let Ok(pid) = pid.trim().parse::<i32>() else { return };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() == "master" {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }
     }
 }

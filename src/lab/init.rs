@@ -240,7 +240,7 @@ fn welcome_message(lab: &Lab, user: &str) -> String {
 fn rfc5322_date(secs: u64) -> String {
     const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
     const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
-    let (date, time) = crate::session::transcript::utc(secs);
+    let (date, time) = crate::transcript::utc(secs);
     let mut parts = date.split('-').map(|p| p.parse::<usize>().unwrap_or(1));
     let (year, month, day) = (parts.next().unwrap_or(1970), parts.next().unwrap_or(1), parts.next().unwrap_or(1));
     let weekday = DAYS[(secs / 86_400 % 7) as usize];

@@ -18,9 +18,9 @@ use anyhow::Context;
 
 use super::{CONFIG_FILE, WELCOME_HEADER, group_of, html_escape, read_accounts, write_private};
 use crate::config::Config;
-use crate::session::transcript::SUFFIX;
 use crate::store::index::Sub;
 use crate::store::safe_fs::Maildir;
+use crate::transcript::SUFFIX;
 
 /// How much of a message's head is read to find its senders.
 const HEAD_LIMIT: u64 = 64 * 1024;

@@ -8,7 +8,6 @@
 mod authorization;
 pub mod lines;
 mod transaction;
-pub mod transcript;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,9 +20,9 @@ use crate::auth::sasl::{self, Mechanism};
 use crate::protocol::response::{self, BodyEncoder, TERMINATOR, WireSize};
 use crate::protocol::{Command, command};
 use crate::shared::Shared;
+use crate::transcript::Transcript;
 use lines::Line;
 use transaction::{Body, Transaction};
-use transcript::Transcript;
 
 /// Consecutive errors after which we stop talking to a client.
 const MAX_ERRORS_IN_A_ROW: u32 = 20;
