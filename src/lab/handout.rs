@@ -91,16 +91,22 @@ pub fn render(lab: &Lab, accounts: &[Account]) -> (String, String) {
     let all = groups(accounts);
     let pages: Vec<String> = all.iter().map(|(group, members)| page(lab, *group, members, &all)).collect();
     let markdown = pages.join("\n---\n\n");
+    // One sheet of A4 or Letter per group: two columns, small type, the title and the
+    // accounts table across both.
     let mut html = String::from(
         "<!DOCTYPE html>\n<html>\n<head>\n<meta charset=\"utf-8\">\n<title>POP3 lab</title>\n<style>\n\
-         body { font-family: sans-serif; font-size: 10.5pt; margin: 1.5em; }\n\
-         section { page-break-after: always; break-after: page; }\n\
+         @page { margin: 10mm; }\n\
+         body { font-family: sans-serif; font-size: 8.5pt; line-height: 1.3; margin: 0; }\n\
+         section { column-count: 2; column-gap: 6mm; page-break-after: always; break-after: page; }\n\
          section:last-child { page-break-after: auto; break-after: auto; }\n\
-         pre { background: #f4f4f4; border: 1px solid #ccc; padding: 0.4em 0.6em; font-size: 10pt; }\n\
+         h1, h1 + p, h1 + p + h2, table, table + p { column-span: all; }\n\
+         h1 { font-size: 13pt; margin: 0 0 0.3em; } h2 { font-size: 10pt; margin: 0.6em 0 0.2em; }\n\
+         h2, pre { break-inside: avoid; } h2 { break-after: avoid; }\n\
+         p, ul { margin: 0.3em 0; } ul { padding-left: 1.2em; }\n\
+         pre { background: #f4f4f4; border: 1px solid #ccc; padding: 0.3em 0.5em; margin: 0.3em 0; font-size: 8.5pt; white-space: pre-wrap; overflow-wrap: anywhere; }\n\
          code { font-family: monospace; }\n\
-         table { border-collapse: collapse; }\n\
-         th, td { border: 1px solid #888; padding: 0.2em 0.5em; text-align: left; }\n\
-         h1 { font-size: 16pt; } h2 { font-size: 12pt; margin-bottom: 0.2em; }\n\
+         table { border-collapse: collapse; margin: 0.3em 0; }\n\
+         th, td { border: 1px solid #888; padding: 0.15em 0.5em; text-align: left; font-size: 9.5pt; }\n\
          </style>\n</head>\n<body>\n",
     );
     for page in &pages {

@@ -21,8 +21,10 @@ const WORDS: [&str; 128] = [
 pub fn generate() -> anyhow::Result<String> {
     let mut bytes = [0u8; 3];
     getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no random numbers from the system: {e}"))?;
-    let word = |b: u8| WORDS[usize::from(b) % WORDS.len()];
-    Ok(format!("{}-{}-{:02}", word(bytes[0]), word(bytes[1]), 10 + bytes[2] % 90))
+    let first = usize::from(bytes[0]) % WORDS.len();
+    // Never the same word twice (`blade-blade` reads like a typo).
+    let second = (first + 1 + usize::from(bytes[1]) % (WORDS.len() - 1)) % WORDS.len();
+    Ok(format!("{}-{}-{:02}", WORDS[first], WORDS[second], 10 + bytes[2] % 90))
 }
 
 #[cfg(test)]
@@ -37,6 +39,7 @@ mod tests {
             let parts: Vec<&str> = secret.split('-').collect();
             assert_eq!(parts.len(), 3, "{secret}");
             assert!(WORDS.contains(&parts[0]) && WORDS.contains(&parts[1]));
+            assert_ne!(parts[0], parts[1]);
             assert!(parts[2].len() == 2 && parts[2].bytes().all(|b| b.is_ascii_digit()));
         }
     }
