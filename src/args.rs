@@ -4,10 +4,12 @@
 //! shell completions from the same definitions (`cargo run -p xtask -- dist`). What each
 //! subcommand does is the binary's business (`src/cli.rs`).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::LazyLock;
 
 use clap::{Parser, Subcommand};
+use ipnet::IpNet;
 
 /// The config file used when no --config is given.
 pub const DEFAULT_CONFIG: &str = "/etc/apopd/apopd.toml";
@@ -60,6 +62,52 @@ pub enum Command {
         /// What to do with the users.
         #[command(subcommand)]
         action: UserAction,
+    },
+    /// Set up a POP3 classroom lab and review what the students did.
+    Lab {
+        /// What to do with the lab.
+        #[command(subcommand)]
+        action: LabAction,
+    },
+}
+
+/// The subcommands of `apopd lab`.
+#[derive(Subcommand, Debug)]
+pub enum LabAction {
+    /// Create a lab server in DIR: config, accounts, maildirs with a welcome message, and the
+    /// handout (handout.md, handout.html). Then run it with `apopd serve --config DIR/apopd.toml`.
+    Init {
+        /// The lab directory (must not exist or be empty, unless --add-groups).
+        dir: PathBuf,
+        /// How many groups (with --add-groups: how many to add).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=99))]
+        groups: u32,
+        /// Accounts per group (g01a, g01b, …).
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=26), conflicts_with = "add_groups")]
+        members: u32,
+        /// Where the lab server listens (default: all addresses, port 1110).
+        #[arg(long, value_name = "ADDR:PORT", conflicts_with = "add_groups")]
+        listen: Option<SocketAddr>,
+        /// The classroom network: USER/PASS allowed without TLS, no per-IP throttling (default: 127.0.0.0/8 only).
+        #[arg(long, value_name = "CIDR", conflicts_with = "add_groups")]
+        network: Option<IpNet>,
+        /// The handout's language: en, ja, zh-Hans or uk.
+        #[arg(long, default_value = "en", value_name = "LANG", conflicts_with = "add_groups")]
+        language: String,
+        /// The lab accounts' mail domain (default: lab.test).
+        #[arg(long, conflicts_with = "add_groups")]
+        domain: Option<String>,
+        /// The server's name or address as printed on the handout (default: this machine's address in --network).
+        #[arg(long, value_name = "HOST", conflicts_with = "add_groups")]
+        server: Option<String>,
+        /// DIR holds a lab already: add --groups more groups to it and rewrite the handout.
+        #[arg(long)]
+        add_groups: bool,
+    },
+    /// Print what each account did (from the transcripts and maildirs) and write DIR/report.html.
+    Report {
+        /// The lab directory.
+        dir: PathBuf,
     },
 }
 

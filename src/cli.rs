@@ -1,6 +1,8 @@
 //! Subcommands: the little glue each one needs (their clap definitions are `apopd::args`).
 
 use std::collections::BTreeMap;
+mod lab;
+
 use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -48,6 +50,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         Command::Deliver { user, config } => Ok(deliver(&user, &config)),
         Command::User { action } => user(action),
+        Command::Lab { action } => lab::run(action),
     }
 }
 

@@ -109,6 +109,25 @@ pub struct Config {
     /// Classroom mode: `-ERR` replies explain the mistake (never anything about credentials).
     #[serde(default)]
     pub lab_hints: bool,
+    /// Classroom networks: exempt from per-IP throttling and refusal (per-user delays stay).
+    #[serde(default)]
+    pub lab_networks: Vec<IpNet>,
+    /// Write one transcript file per session here (passwords and bodies left out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transcript_dir: Option<PathBuf>,
+    /// Largest transcript file; past it, one `[truncated]` line and nothing more.
+    #[serde(default = "default_transcript_max_bytes")]
+    pub transcript_max_bytes: u64,
+    /// Most transcript files kept; the oldest are removed when a session starts beyond it.
+    #[serde(default = "default_transcript_max_files")]
+    pub transcript_max_files: usize,
+}
+
+fn default_transcript_max_bytes() -> u64 {
+    1 << 20
+}
+fn default_transcript_max_files() -> usize {
+    10_000
 }
 
 fn default_listen() -> Vec<SocketAddr> {
@@ -181,7 +200,14 @@ impl Config {
     fn resolve_paths(&mut self, base: &Path) {
         // `join` keeps an absolute path as it is.
         self.users_file = base.join(&self.users_file);
-        for path in [&mut self.apop_secrets_file, &mut self.tls_cert, &mut self.tls_key, &mut self.i18n_dir] {
+        let optional = [
+            &mut self.apop_secrets_file,
+            &mut self.tls_cert,
+            &mut self.tls_key,
+            &mut self.i18n_dir,
+            &mut self.transcript_dir,
+        ];
+        for path in optional {
             *path = path.as_deref().map(|p| base.join(p));
         }
         if Path::new(&self.mail_root).is_relative() {
@@ -235,6 +261,12 @@ impl Config {
         }
         if self.max_auth_failures_per_ip == 0 {
             bail!("max_auth_failures_per_ip: must be at least 1");
+        }
+        if self.transcript_max_bytes < 1024 {
+            bail!("transcript_max_bytes: must be at least 1024");
+        }
+        if self.transcript_max_files == 0 {
+            bail!("transcript_max_files: must be at least 1");
         }
         if self.run_as_group.is_some() && self.run_as_user.is_none() {
             bail!("run_as_group: needs run_as_user");
@@ -313,6 +345,12 @@ impl Config {
     pub fn plaintext_allowed_from(&self, peer: IpAddr) -> bool {
         let peer = peer.to_canonical();
         peer.is_loopback() || self.plaintext_auth_networks.iter().any(|net| net.contains(&peer))
+    }
+
+    /// True when `peer` is in `lab_networks`: no per-IP throttling or refusal.
+    pub fn is_lab_address(&self, peer: IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        self.lab_networks.iter().any(|net| net.contains(&peer))
     }
 
     /// The effective configuration as TOML, for `apopd check-config`.

@@ -5,12 +5,16 @@
 //! failures. An IP with `max_auth_failures_per_ip` failures in the window is refused before
 //! any password work until the window ends. Users are only slowed, never locked out, so
 //! nobody can lock another person out of their mailbox. IPv6 clients count per /64, the
-//! smallest block an attacker usually has.
+//! smallest block an attacker usually has. Addresses in `exempt` (`lab_networks`: a
+//! classroom behind one NAT address) are never counted or refused per IP; their users are
+//! still slowed per user.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
 
 /// The most records kept; past it, expired ones are dropped, and if that is not enough, all.
 const MAX_RECORDS: usize = 100_000;
@@ -28,7 +32,7 @@ struct Record {
 }
 
 /// The throttle's settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Policy {
     /// Delay after a first failure.
     pub base_delay: Duration,
@@ -38,6 +42,8 @@ pub struct Policy {
     pub max_failures_per_ip: u32,
     /// How long failures count.
     pub window: Duration,
+    /// Networks whose addresses are neither counted nor refused per IP.
+    pub exempt: Vec<IpNet>,
 }
 
 /// Failed-login memory shared by all sessions.
@@ -64,12 +70,20 @@ impl Throttle {
         Throttle { policy, records: Mutex::new(HashMap::new()) }
     }
 
+    fn is_exempt(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.policy.exempt.iter().any(|net| net.contains(&ip))
+    }
+
     fn live(&self, record: Option<&Record>, now: Instant) -> Option<Record> {
         record.copied().filter(|r| now.duration_since(r.since) < self.policy.window)
     }
 
     /// How long `ip` stays refused, if it is.
     pub fn blocked_for(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
+        if self.is_exempt(ip) {
+            return None;
+        }
         let records = self.records.lock().unwrap_or_else(|e| e.into_inner());
         let record = self.live(records.get(&ip_key(ip)), now)?;
         (record.failures >= self.policy.max_failures_per_ip)
@@ -87,7 +101,8 @@ impl Throttle {
             }
         }
         let mut worst = 0;
-        for key in [ip_key(ip), Key::User(user.to_owned())] {
+        let ip_key = (!self.is_exempt(ip)).then(|| ip_key(ip));
+        for key in ip_key.into_iter().chain([Key::User(user.to_owned())]) {
             let record = match self.live(records.get(&key), now) {
                 Some(r) => Record { failures: r.failures.saturating_add(1), since: r.since },
                 None => Record { failures: 1, since: now },
@@ -115,13 +130,32 @@ mod tests {
             max_delay: Duration::from_secs(5),
             max_failures_per_ip: 3,
             window: Duration::from_secs(60),
+            exempt: vec!["192.0.2.0/24".parse().unwrap()],
         })
+    }
+
+    #[test]
+    fn a_lab_network_is_never_refused_but_its_users_are_slowed() {
+        let t = throttle();
+        let now = Instant::now();
+        let lab: IpAddr = "192.0.2.9".parse().unwrap();
+        for i in 0..30 {
+            let delay = t.failed(lab, "g01a", now);
+            assert_eq!(delay, Duration::from_secs(1 << i.min(3)).min(Duration::from_secs(5)));
+            assert_eq!(t.blocked_for(lab, now), None);
+        }
+        assert_eq!(t.failed(lab, "g02a", now), Duration::from_secs(1), "another user from the room is not slowed");
+        let outside: IpAddr = "198.51.100.9".parse().unwrap();
+        for _ in 0..3 {
+            t.failed(outside, "x", now);
+        }
+        assert!(t.blocked_for(outside, now).is_some());
     }
 
     #[test]
     fn delays_double_up_to_the_cap_and_ips_get_blocked() {
         let t = throttle();
-        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let ip: IpAddr = "203.0.113.1".parse().unwrap();
         let now = Instant::now();
         assert_eq!(t.blocked_for(ip, now), None);
         assert_eq!(t.failed(ip, "alice", now), Duration::from_secs(1));

@@ -199,7 +199,7 @@ async fn login(cx: &Context, user: String, accepted: bool, method: &str, syntax_
         Ok(Ok(mailbox)) => {
             tracing::Span::current().record("user", tracing::field::debug(&user));
             cx.shared.record_login(&user, Instant::now());
-            let transaction = Transaction::new(mailbox);
+            let transaction = Transaction::new(user.clone(), mailbox);
             let (count, octets) = transaction.totals();
             tracing::info!(method, count, octets, "logged in");
             let messages = t.messages(count as u64);

@@ -23,6 +23,7 @@ use crate::i18n::{Key, Texts};
 use crate::protocol::response::{self, BodyEncoder, TERMINATOR};
 use crate::protocol::{Command, command};
 use crate::shared::Shared;
+use crate::transcript::Transcript;
 use lines::Line;
 use transaction::{Body, Transaction};
 
@@ -116,6 +117,8 @@ struct Core {
     context: Context,
     state: State,
     errors_in_a_row: u32,
+    /// This session's transcript, when `transcript_dir` is set.
+    transcript: Option<Transcript>,
 }
 
 /// Serve one POP3 client on `stream` (already TLS when `secure`) until it quits, drops or times out.
@@ -130,8 +133,9 @@ where
         let timestamp =
             if shared.config.apop_secrets_file.is_some() { shared.timestamps.next() } else { String::new() };
         let lang = shared.default_language;
+        let transcript = shared.transcripts.as_ref().map(|t| t.open(peer));
         let context = Context { timestamp, shared, peer, secure, lang, utf8: false };
-        let core = Core { context, state: State::Authorization(Default::default()), errors_in_a_row: 0 };
+        let core = Core { context, state: State::Authorization(Default::default()), errors_in_a_row: 0, transcript };
         let (result, core, stream) = run_on(core, stream, true).await;
         if let Ok(End::StartTls) = result {
             return start_tls(core, stream).await;
@@ -154,6 +158,9 @@ async fn start_tls<S: AsyncRead + AsyncWrite + Unpin>(mut core: Core, stream: S)
     tracing::info!("STLS: now encrypted");
     tracing::Span::current().record("tls", true);
     core.context.secure = true;
+    if let Some(transcript) = &mut core.transcript {
+        transcript.note("STLS: now encrypted");
+    }
     // Nothing said before the handshake counts afterwards (a USER given before STLS is forgotten).
     core.state = State::Authorization(Default::default());
     let (result, _core, stream) = run_on(core, stream, false).await;
@@ -219,6 +226,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
                 line = read => match line {
                     Ok(line) => line?,
                     Err(_) => {
+                        self.note("idle timeout");
                         tracing::info!("idle timeout; nothing deleted");
                         let reply = response::err(self.core.context.texts().get(Key::Autologout));
                         self.send(&reply).await?;
@@ -235,16 +243,24 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
             };
             let outcome = match line {
                 Line::Eof => {
+                    self.note("connection closed by the client");
                     if matches!(self.core.state, State::Transaction(_)) {
                         tracing::info!("connection dropped in TRANSACTION; nothing deleted");
                     }
                     return Ok(End::Closed);
                 }
                 Line::TooLong => {
+                    self.note("line too long");
                     self.abandon_sasl();
                     Outcome::Reply(response::err(&self.core.context.texts().fill(Key::LineTooLong, &[("max", &max)])))
                 }
-                Line::Complete(line) => self.handle(&line).await,
+                Line::Complete(line) => {
+                    let in_sasl = self.in_sasl();
+                    if let Some(transcript) = &mut self.core.transcript {
+                        transcript.client(&line, in_sasl);
+                    }
+                    self.handle(&line).await
+                }
             };
             match outcome {
                 Outcome::Reply(reply) => self.reply(reply).await?,
@@ -253,6 +269,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
                     self.stream_message(status, body, top).await?;
                 }
                 Outcome::Enter(transaction, reply) => {
+                    if let Some(transcript) = &mut self.core.transcript {
+                        transcript.login(transaction.user());
+                    }
                     self.core.state = State::Transaction(transaction);
                     self.reply(reply).await?;
                 }
@@ -282,6 +301,13 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
                 self.send(&reply).await?;
                 return Ok(End::Closed);
             }
+        }
+    }
+
+    /// Note an event in the transcript, if there is one.
+    fn note(&mut self, text: &str) {
+        if let Some(transcript) = &mut self.core.transcript {
+            transcript.note(text);
         }
     }
 
@@ -364,8 +390,16 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
         self.send(&reply).await
     }
 
-    /// Queue `bytes`; flush unless another complete pipelined command is already waiting.
+    /// Send a reply (recorded in the transcript).
     async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if let Some(transcript) = &mut self.core.transcript {
+            transcript.server(bytes);
+        }
+        self.write_out(bytes).await
+    }
+
+    /// Queue `bytes`; flush unless another complete pipelined command is already waiting.
+    async fn write_out(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         let timeout = self.core.context.shared.config.write_timeout();
         let write = async {
             self.writer.write_all(bytes).await?;
@@ -380,6 +414,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
     /// Send `status` and the encoded body; a small message goes out in a single write.
     async fn stream_message(&mut self, status: Vec<u8>, body: Body, top: Option<u64>) -> std::io::Result<()> {
         let mut encoder = BodyEncoder::new(top);
+        // Only the status line and the size go into a transcript, never the mail.
+        let status_line = self.core.transcript.is_some().then(|| status.clone());
+        let mut written = 0u64;
         let mut out = status;
         out.reserve(body.head.len() + body.head.len() / 16 + TERMINATOR.len() + 2);
         // Never more than LIST announced, even if the file grew since the scan.
@@ -389,6 +426,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
             let mut chunk = vec![0u8; STREAM_CHUNK];
             while !encoder.is_done() {
                 within(timeout, self.writer.write_all(&out)).await?;
+                written += out.len() as u64;
                 out.clear();
                 // A read error here cannot become -ERR (the +OK is out): the connection is dropped.
                 let n = file.read(&mut chunk).await?;
@@ -401,7 +439,11 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
             }
         }
         encoder.finish(&mut out);
-        self.send(&out).await
+        if let (Some(transcript), Some(status)) = (&mut self.core.transcript, status_line) {
+            let text = (written + out.len() as u64).saturating_sub((status.len() + TERMINATOR.len()) as u64);
+            transcript.message(&status, text);
+        }
+        self.write_out(&out).await
     }
 }
 

@@ -41,15 +41,21 @@ impl Body {
 /// An open mailbox and the DELE marks on it.
 #[derive(Debug)]
 pub struct Transaction {
+    user: String,
     mailbox: Arc<Mailbox>,
     deleted: Vec<bool>,
 }
 
 impl Transaction {
     /// Start TRANSACTION on a locked, scanned mailbox.
-    pub fn new(mailbox: Mailbox) -> Self {
+    pub fn new(user: String, mailbox: Mailbox) -> Self {
         let deleted = vec![false; mailbox.messages().len()];
-        Transaction { mailbox: Arc::new(mailbox), deleted }
+        Transaction { user, mailbox: Arc::new(mailbox), deleted }
+    }
+
+    /// Who logged in.
+    pub fn user(&self) -> &str {
+        &self.user
     }
 
     /// Messages not marked deleted, and their octets.
