@@ -266,3 +266,21 @@ async fn lab_networks_are_not_refused_per_ip() {
         }
     }
 }
+
+/// A lab made for Japanese students answers in Japanese, with teaching hints on, and still
+/// gives the same reply for an unknown user as for a wrong password.
+#[tokio::test]
+async fn a_lab_speaks_its_language_and_explains_mistakes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("lab");
+    let out = lab_init(&dir, &["--groups", "1", "--listen", "127.0.0.1:0", "--language", "ja"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let server = ServerProcess::spawn(&dir.join("apopd.toml"));
+    let mut c = Client::connect(server.addr).await;
+    let stat = c.cmd("STAT").await;
+    assert!(stat.starts_with("-ERR まだログインしていません") && stat.contains("ヒント"), "{stat}");
+    let (password, _) = accounts(&dir).remove("g01a").unwrap();
+    let wrong = c.login("g01a", "not-the-password").await;
+    assert_eq!(c.login("nobody-here", &password).await, wrong, "no hint tells users apart");
+    assert!(c.login("g01a", &password).await.starts_with("+OK"));
+}

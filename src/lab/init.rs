@@ -193,8 +193,13 @@ fn config_text(lab: &Lab, listen: Option<SocketAddr>) -> String {
          # One group's typos must not lock out a classroom behind one NAT address.\n\
          lab_networks = [\"{network}\"]\n\
          # What each session did, for `apopd lab report` (no passwords, secrets or mail).\n\
-         transcript_dir = \"transcripts\"\n",
+         transcript_dir = \"transcripts\"\n\
+         # Replies in the students' language (they may switch with LANG), and -ERR texts that\n\
+         # explain the mistake (never anything about credentials).\n\
+         language = \"{language}\"\n\
+         lab_hints = true\n",
         network = lab.network,
+        language = lab.language,
     )
 }
 
