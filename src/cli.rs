@@ -90,6 +90,9 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             Kind::Tls => eprintln!("apopd: POP3S on {addr}"),
         }
     }
+    if let Some(addr) = server.metrics_addr() {
+        eprintln!("apopd: metrics on http://{addr}/metrics");
+    }
     eprintln!("apopd: ready");
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {

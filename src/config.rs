@@ -99,6 +99,9 @@ pub struct Config {
     /// When started as root: the group to run as (default: `run_as_user`'s primary group).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_as_group: Option<String>,
+    /// Serve Prometheus metrics over HTTP at `/metrics` on this address (off when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 fn default_listen() -> Vec<SocketAddr> {
@@ -245,6 +248,11 @@ impl Config {
     /// Settings that work but put mail at risk, for `check-config` and the start-up log.
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
+        if let Some(addr) = self.metrics_listen.filter(|a| !a.ip().is_loopback()) {
+            warnings.push(format!(
+                "metrics_listen = \"{addr}\" is not a loopback address: whoever reaches it reads the server's counters (firewall it or use a management network)"
+            ));
+        }
         let home = self.mail_root().is_ok_and(|root| root.is_home_layout());
         if home && nix::unistd::geteuid().is_root() && self.run_as_user.is_none() {
             warnings.push(format!(

@@ -7,6 +7,7 @@ pub mod args;
 pub mod auth;
 pub mod config;
 pub mod demo;
+pub mod metrics;
 pub mod privileges;
 pub mod protocol;
 pub mod server;

@@ -13,6 +13,7 @@ use crate::auth::Authenticator;
 use crate::auth::apop::TimestampMaker;
 use crate::auth::throttle::{Policy, Throttle};
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::store::MailRoot;
 use crate::tls::Tls;
 
@@ -33,6 +34,8 @@ pub struct Shared {
     pub throttle: Throttle,
     /// Becomes true when the server shuts down; sessions watch it.
     pub shutdown: tokio::sync::watch::Sender<bool>,
+    /// Every exported metric.
+    pub metrics: Arc<Metrics>,
     /// When each user last logged in, for LOGIN-DELAY.
     last_login: Mutex<HashMap<String, Instant>>,
     /// Open connections per client IP.
@@ -57,6 +60,7 @@ impl Shared {
         Ok(Shared {
             throttle,
             shutdown: tokio::sync::watch::Sender::new(false),
+            metrics: Arc::new(Metrics::new()),
             per_ip: Mutex::new(HashMap::new()),
             tls,
             timestamps: TimestampMaker::new(&config.hostname),

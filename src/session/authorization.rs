@@ -5,6 +5,7 @@ use std::time::Instant;
 use super::transaction::Transaction;
 use super::{Context, Outcome};
 use crate::auth::sasl::{self, Exchange, Mechanism, Step};
+use crate::metrics::{LoginResult, Method};
 use crate::protocol::Command;
 use crate::protocol::response::{count as count_of, err, multi_line, ok};
 use crate::store::{Mailbox, OpenError};
@@ -65,8 +66,9 @@ impl Authorization {
                 if let Some(refusal) = throttled(cx) {
                     return refusal;
                 }
+                let started = Instant::now();
                 let accepted = cx.shared.auth.check_password(&user, password).await;
-                login(cx, user, accepted, "USER/PASS").await
+                login(cx, user, accepted, Method::UserPass, started).await
             }
             Command::Apop { .. } if cx.timestamp.is_empty() => {
                 Outcome::Reply(err("APOP is not enabled on this server"))
@@ -76,8 +78,9 @@ impl Authorization {
                 if let Some(refusal) = throttled(cx) {
                     return refusal;
                 }
+                let started = Instant::now();
                 let accepted = cx.shared.auth.check_apop(&name, &cx.timestamp, &digest);
-                login(cx, name, accepted, "APOP").await
+                login(cx, name, accepted, Method::Apop, started).await
             }
             Command::Stls if cx.secure => Outcome::Reply(err("already using TLS")),
             Command::Stls if cx.stls_available() => {
@@ -113,9 +116,10 @@ impl Authorization {
             Some(Some(decoded)) => Some(decoded),
             Some(None) => return Outcome::Reply(err("initial response is not valid base64")),
         };
+        let started = Instant::now();
         let (exchange, step) = Exchange::start(mechanism, initial, cx.shared.timestamps.next(), &cx.shared.auth);
         self.sasl = Some((mechanism, exchange));
-        self.after_step(step, cx).await
+        self.after_step(mechanism, step, started, cx).await
     }
 
     /// Feed one client line to the running AUTH exchange.
@@ -128,15 +132,17 @@ impl Authorization {
             self.sasl = None;
             return Outcome::Reply(err("response is not valid base64; authentication aborted"));
         };
-        let Some((_, exchange)) = self.sasl.as_mut() else {
+        let Some((mechanism, exchange)) = self.sasl.as_mut() else {
             return Outcome::Reply(err("no authentication in progress"));
         };
+        let (mechanism, started) = (*mechanism, Instant::now());
         let step = exchange.step(&response, &cx.shared.auth);
-        self.after_step(step, cx).await
+        self.after_step(mechanism, step, started, cx).await
     }
 
-    async fn after_step(&mut self, step: Step, cx: &Context) -> Outcome {
-        let method = self.sasl.as_ref().map_or("AUTH", |(m, _)| m.name());
+    /// Act on an exchange's step; `started` is when this step's credential work began.
+    async fn after_step(&mut self, mechanism: Mechanism, step: Step, started: Instant, cx: &Context) -> Outcome {
+        let method = Method::Sasl(mechanism);
         if !matches!(step, Step::Challenge(_)) {
             self.sasl = None; // the exchange is over, whatever its result
         }
@@ -146,10 +152,10 @@ impl Authorization {
             }
             Step::CheckPassword { user, password } => {
                 let accepted = cx.shared.auth.check_password(&user, password).await;
-                login(cx, user, accepted, method).await
+                login(cx, user, accepted, method, started).await
             }
-            Step::Authenticated { user } => login(cx, user, true, method).await,
-            Step::Failed { user } => login(cx, user.unwrap_or_default(), false, method).await,
+            Step::Authenticated { user } => login(cx, user, true, method, started).await,
+            Step::Failed { user } => login(cx, user.unwrap_or_default(), false, method, started).await,
             Step::Malformed(why) => Outcome::Reply(err(why)),
         }
     }
@@ -159,30 +165,36 @@ impl Authorization {
 fn throttled(cx: &Context) -> Option<Outcome> {
     let left = cx.shared.throttle.blocked_for(cx.peer.ip(), Instant::now())?;
     tracing::warn!(peer = %cx.peer.ip(), "login refused: too many failed logins");
+    cx.shared.metrics.throttle_refusal();
     Some(Outcome::Reply(err(&format!(
         "[LOGIN-DELAY] too many failed logins from your address; try again in {} seconds",
         left.as_secs().max(1)
     ))))
 }
 
-/// Finish a login attempt: delay failures, enforce LOGIN-DELAY, lock and open the mailbox.
-async fn login(cx: &Context, user: String, accepted: bool, method: &str) -> Outcome {
+/// Finish a login attempt: delay failures, enforce LOGIN-DELAY, lock and open the mailbox;
+/// count it with the time since `started` (the failure delay left out: it has its own metric).
+async fn login(cx: &Context, user: String, accepted: bool, method: Method, started: Instant) -> Outcome {
+    let counted = |result: LoginResult, outcome: Outcome| {
+        cx.shared.metrics.login(method, result, started.elapsed());
+        outcome
+    };
     if !accepted {
         // fail2ban matches this line: keep "authentication failed peer=<ip>" stable.
-        tracing::warn!(peer = %cx.peer.ip(), user = ?user, method, "authentication failed");
+        tracing::warn!(peer = %cx.peer.ip(), user = ?user, method = method.log_name(), "authentication failed");
+        let outcome = counted(LoginResult::Failure, Outcome::Reply(err(AUTH_FAILED)));
         let delay = cx.shared.throttle.failed(cx.peer.ip(), &user, Instant::now());
+        cx.shared.metrics.throttle_delay(delay);
         tokio::time::sleep(delay).await;
-        return Outcome::Reply(err(AUTH_FAILED));
+        return outcome;
     }
     cx.shared.throttle.succeeded(&user);
     if let Some(wait) = cx.shared.login_delay_left(&user, Instant::now()) {
-        return Outcome::Reply(err(&format!(
-            "[LOGIN-DELAY] wait {} more seconds before logging in again",
-            wait.as_secs().max(1)
-        )));
+        let reply = err(&format!("[LOGIN-DELAY] wait {} more seconds before logging in again", wait.as_secs().max(1)));
+        return counted(LoginResult::LoginDelay, Outcome::Reply(reply));
     }
     let Some(location) = cx.shared.mail_root.locate(&user) else {
-        return Outcome::Reply(err(AUTH_FAILED));
+        return counted(LoginResult::Failure, Outcome::Reply(err(AUTH_FAILED)));
     };
     let policy = cx.shared.mail_root.policy().clone();
     let opened = tokio::task::spawn_blocking(move || Mailbox::open(&location, &policy)).await;
@@ -192,25 +204,26 @@ async fn login(cx: &Context, user: String, accepted: bool, method: &str) -> Outc
             cx.shared.record_login(&user, Instant::now());
             let transaction = Transaction::new(mailbox);
             let (count, octets) = transaction.totals();
-            tracing::info!(method, count, octets, "logged in");
+            tracing::info!(method = method.log_name(), count, octets, "logged in");
             let reply = ok(&format!("{user}'s maildrop has {} ({octets} octets)", count_of(count, "message")));
-            Outcome::Enter(Box::new(transaction), reply)
+            counted(LoginResult::Success, Outcome::Enter(Box::new(transaction), reply))
         }
         Ok(Err(OpenError::InUse)) => {
             tracing::info!(user = ?user, "mailbox in use");
-            Outcome::Reply(err("[IN-USE] mailbox is already in use by another session"))
+            counted(LoginResult::InUse, Outcome::Reply(err("[IN-USE] mailbox is already in use by another session")))
         }
         Ok(Err(OpenError::Unsafe(e))) => {
             tracing::error!(user = ?user, "refusing to serve an unsafe maildir: {e}");
-            Outcome::Reply(err("[SYS/PERM] the mailbox cannot be served safely; ask the administrator"))
+            let reply = err("[SYS/PERM] the mailbox cannot be served safely; ask the administrator");
+            counted(LoginResult::Error, Outcome::Reply(reply))
         }
         Ok(Err(OpenError::Io(e))) => {
             tracing::error!(user = ?user, "cannot open mailbox: {e}");
-            Outcome::Reply(err("[SYS/TEMP] cannot open mailbox; try again later"))
+            counted(LoginResult::Error, Outcome::Reply(err("[SYS/TEMP] cannot open mailbox; try again later")))
         }
         Err(e) => {
             tracing::error!(user = ?user, "mailbox open task failed: {e}");
-            Outcome::Reply(err("[SYS/TEMP] cannot open mailbox; try again later"))
+            counted(LoginResult::Error, Outcome::Reply(err("[SYS/TEMP] cannot open mailbox; try again later")))
         }
     }
 }

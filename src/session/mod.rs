@@ -17,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, B
 use tracing::Instrument;
 
 use crate::auth::sasl::{self, Mechanism};
+use crate::metrics::{Handshake, HandshakeResult, SessionGauge, State as Counted};
 use crate::protocol::response::{self, BodyEncoder, TERMINATOR};
 use crate::protocol::{Command, command};
 use crate::shared::Shared;
@@ -104,6 +105,8 @@ struct Core {
     context: Context,
     state: State,
     errors_in_a_row: u32,
+    /// This session in the sessions-by-state gauge.
+    gauge: SessionGauge,
 }
 
 /// Serve one POP3 client on `stream` (already TLS when `secure`) until it quits, drops or times out.
@@ -117,8 +120,9 @@ where
         // and clients such as curl would otherwise try APOP and never fall back.
         let timestamp =
             if shared.config.apop_secrets_file.is_some() { shared.timestamps.next() } else { String::new() };
+        let gauge = shared.metrics.session();
         let context = Context { timestamp, shared, peer, secure };
-        let core = Core { context, state: State::Authorization(Default::default()), errors_in_a_row: 0 };
+        let core = Core { context, state: State::Authorization(Default::default()), errors_in_a_row: 0, gauge };
         let (result, core, stream) = run_on(core, stream, true).await;
         if let Ok(End::StartTls) = result {
             return start_tls(core, stream).await;
@@ -133,6 +137,7 @@ where
 async fn start_tls<S: AsyncRead + AsyncWrite + Unpin>(mut core: Core, stream: S) {
     let Some(tls) = core.context.shared.tls.as_ref() else { return };
     let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream)).await;
+    core.context.shared.metrics.handshake(Handshake::Stls, HandshakeResult::of(&handshake));
     let stream = match handshake {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => return tracing::info!(error = %e, "STLS handshake failed"),
@@ -238,6 +243,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
                 }
                 Outcome::Enter(transaction, reply) => {
                     self.core.state = State::Transaction(transaction);
+                    self.core.gauge.set(Counted::Transaction);
                     self.reply(reply).await?;
                 }
                 Outcome::Close(reply) => {
@@ -250,9 +256,10 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
                     return Ok(End::StartTls);
                 }
                 Outcome::Update => {
+                    self.core.gauge.set(Counted::Update);
                     let state = std::mem::replace(&mut self.core.state, State::Authorization(Default::default()));
                     let reply = match state {
-                        State::Transaction(transaction) => transaction.update().await,
+                        State::Transaction(transaction) => transaction.update(&self.core.context.shared.metrics).await,
                         State::Authorization(_) => response::ok("bye"),
                     };
                     self.send(&reply).await?;
@@ -357,11 +364,13 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
         out.reserve(body.head.len() + body.head.len() / 16 + TERMINATOR.len() + 2);
         // Never more than LIST announced, even if the file grew since the scan.
         let fits = encoder.push_within(&body.head, body.size, &mut out);
+        let mut sent = 0;
         if let (Some(mut file), true) = (body.rest, fits == body.head.len()) {
             let timeout = self.core.context.shared.config.write_timeout();
             let mut chunk = vec![0u8; STREAM_CHUNK];
             while !encoder.is_done() {
                 within(timeout, self.writer.write_all(&out)).await?;
+                sent += out.len() as u64;
                 out.clear();
                 // A read error here cannot become -ERR (the +OK is out): the connection is dropped.
                 let n = file.read(&mut chunk).await?;
@@ -374,6 +383,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
             }
         }
         encoder.finish(&mut out);
+        self.core.context.shared.metrics.retrieved(top.is_some(), sent + out.len() as u64);
         self.send(&out).await
     }
 }

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use super::Outcome;
+use crate::metrics::Metrics;
 use crate::protocol::Command;
 use std::io::Read;
 
@@ -167,11 +168,15 @@ impl Transaction {
     }
 
     /// UPDATE: remove the marked messages, then release the lock (by dropping the mailbox).
-    pub async fn update(self) -> Vec<u8> {
+    pub async fn update(self, metrics: &Metrics) -> Vec<u8> {
         let marked: Vec<usize> = (0..self.deleted.len()).filter(|&i| self.deleted[i]).collect();
         let total = marked.len();
         let mailbox = self.mailbox;
+        let started = std::time::Instant::now();
         let removal = tokio::task::spawn_blocking(move || mailbox.remove(&marked)).await;
+        if let Ok(removal) = &removal {
+            metrics.update(removal.removed, started.elapsed());
+        }
         match removal {
             Ok(removal) if removal.failed.is_empty() => {
                 tracing::info!(deleted = removal.removed, "UPDATE done");
