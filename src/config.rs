@@ -102,6 +102,20 @@ pub struct Config {
     /// Serve Prometheus metrics over HTTP at `/metrics` on this address (off when unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Log lines as `text` (default) or `json` (one object per line, for log shippers).
+    #[serde(default)]
+    pub log_format: LogFormat,
+}
+
+/// How `apopd serve` writes its log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (what the shipped fail2ban filter matches).
+    #[default]
+    Text,
+    /// One JSON object per line, with the session's span fields.
+    Json,
 }
 
 fn default_listen() -> Vec<SocketAddr> {

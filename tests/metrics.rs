@@ -2,7 +2,7 @@
 //! scraped over HTTP before and after a scripted set of sessions, every counter must have
 //! moved by exactly what the script did, and the whole output must parse (a strict parser
 //! here, and Prometheus' own `promtool check metrics` where Debian's `prometheus` is
-//! installed).
+//! installed). JSON logs: every log line is one JSON object with the session's fields.
 
 mod common;
 use common::*;
@@ -415,4 +415,84 @@ fn the_strict_parser_rejects_what_prometheus_would() {
         assert!(parse_exposition(bad, false).is_err(), "accepted {bad:?}");
     }
     assert!(parse_exposition("# TYPE a counter\na_total 3\n", true).is_err(), "OpenMetrics without # EOF");
+}
+
+#[test]
+fn json_logs_are_one_object_per_line_with_the_session_fields() {
+    let fixture = Fixture::new("log_format = \"json\"");
+    let server = ServerProcess::spawn_logging(&fixture.config_path, "info");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut c = Client::connect(server.addr).await;
+        assert!(c.login("bob", "not-Bobs-password").await.starts_with("-ERR"));
+        assert!(c.apop("alice", ALICE_APOP_SECRET).await.starts_with("+OK"));
+        assert!(c.cmd("QUIT").await.starts_with("+OK"));
+    });
+    server.wait_for_log("session closed", 1);
+    let mut events = Vec::new();
+    for line in server.log_lines() {
+        // The start-up banner (`apopd: POP3 on …`, `apopd: ready`) is the CLI's, not the log's.
+        if line.starts_with("apopd: ") {
+            continue;
+        }
+        let event: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not one JSON object per line ({e}): {line}"));
+        assert!(event.is_object() && event["level"].is_string() && event["timestamp"].is_string(), "{line}");
+        assert!(!line.contains("not-Bobs-password") && !line.contains(BOB_PASSWORD), "a password in the log: {line}");
+        events.push(event);
+    }
+    let find = |message: &str| {
+        events.iter().find(|e| e["message"] == message).unwrap_or_else(|| panic!("no {message:?} in {events:?}"))
+    };
+    let failed = find("authentication failed");
+    assert_eq!(failed["peer"], "127.0.0.1");
+    assert_eq!(failed["method"], "USER/PASS");
+    assert_eq!(failed["span"]["name"], "session");
+    let logged_in = find("logged in");
+    assert_eq!(logged_in["method"], "APOP");
+    assert_eq!(logged_in["count"], 5);
+    let span = &logged_in["span"];
+    assert!(span["peer"].as_str().unwrap().starts_with("127.0.0.1:"), "{span}");
+    assert_eq!(span["tls"], false);
+    assert_eq!(span["user"], "\"alice\"", "the user name is recorded escaped (Debug), as in the text format");
+}
+
+/// deploy/fail2ban/filter.d/apopd-json.conf, checked with fail2ban-regex on a real JSON log
+/// (raw and behind a journal-style prefix): one match per failed login, all for 127.0.0.1;
+/// a user name forging the fields does not ban 10.9.8.7.
+#[test]
+fn the_json_fail2ban_filter_matches_every_failure_and_only_the_real_address() {
+    if !have_program("fail2ban-regex", "fail2ban") {
+        return;
+    }
+    let fixture = Fixture::new("log_format = \"json\"");
+    let server = ServerProcess::spawn(&fixture.config_path);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut c = Client::connect(server.addr).await;
+        assert!(c.login("alice", "wrong").await.starts_with("-ERR [AUTH]"));
+        assert!(c.apop("bob", "wrong").await.starts_with("-ERR [AUTH]"));
+        let forged =
+            B64.encode("\0x\",\"level\":\"WARN\",\"message\":\"authentication failed\",\"peer\":\"10.9.8.7\",\0pw");
+        assert!(c.cmd(&format!("AUTH PLAIN {forged}")).await.starts_with("-ERR [AUTH]"));
+        assert!(c.login("alice", ALICE_PASSWORD).await.starts_with("+OK"));
+    });
+    server.wait_for_log("authentication failed", 3);
+    let lines: Vec<String> = server.log_lines().into_iter().filter(|l| l.starts_with('{')).collect();
+    let mut log: Vec<String> = lines.clone();
+    log.extend(lines.iter().map(|l| format!("Nov 23 15:01:13 mailhost apopd[4242]: {l}")));
+    let log_path = fixture.dir.path().join("apopd.json.log");
+    std::fs::write(&log_path, log.join("\n") + "\n").unwrap();
+    let filter = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/fail2ban/filter.d/apopd-json.conf");
+    let out = std::process::Command::new("timeout")
+        .args(["-k", "5", "60", "fail2ban-regex", "--raw", "-o", "ip"])
+        .arg(&log_path)
+        .arg(filter)
+        .env("LC_ALL", "C")
+        .output()
+        .expect("run fail2ban-regex");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "fail2ban-regex failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let ips: Vec<&str> = stdout.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(ips, vec!["127.0.0.1"; 6], "one match per failed login in each log form:\n{stdout}\n{}", log.join("\n"));
 }

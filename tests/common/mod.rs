@@ -410,10 +410,15 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     pub fn spawn(config: &Path) -> Self {
+        Self::spawn_logging(config, "warn")
+    }
+
+    /// Like [`ServerProcess::spawn`], with `RUST_LOG` set to `filter`.
+    pub fn spawn_logging(config: &Path, filter: &str) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_apopd"))
             .args(["serve", "--config"])
             .arg(config)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", filter)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
