@@ -63,8 +63,16 @@ impl Method {
         }
     }
 
+    /// Its place in [`Method::ALL`].
     fn index(self) -> usize {
-        Self::ALL.iter().position(|m| *m == self).unwrap_or(0)
+        match self {
+            Method::UserPass => 0,
+            Method::Apop => 1,
+            Method::Sasl(Mechanism::Plain) => 2,
+            Method::Sasl(Mechanism::Login) => 3,
+            Method::Sasl(Mechanism::CramMd5) => 4,
+            Method::Sasl(Mechanism::ScramSha256) => 5,
+        }
     }
 }
 
@@ -418,6 +426,17 @@ mod tests {
         assert!(text.contains("apopd_sessions{state=\"update\"} 0\n"), "{text}");
         assert!(text.contains("apopd_tls_handshakes_total{kind=\"stls\",result=\"timeout\"} 0\n"), "{text}");
         assert!(Metrics::new().encode(true).ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn the_handle_arrays_follow_the_label_lists() {
+        assert!(Method::ALL.iter().enumerate().all(|(i, m)| m.index() == i));
+        assert!(LoginResult::ALL.iter().enumerate().all(|(i, r)| *r as usize == i));
+        assert!(Refusal::ALL.iter().enumerate().all(|(i, r)| *r as usize == i));
+        assert!(State::ALL.iter().enumerate().all(|(i, s)| *s as usize == i));
+        assert_eq!([Handshake::Implicit as usize, Handshake::Stls as usize], [0, 1]);
+        let results = [HandshakeResult::Success, HandshakeResult::Failure, HandshakeResult::Timeout];
+        assert!(results.iter().enumerate().all(|(i, r)| *r as usize == i));
     }
 
     #[test]
