@@ -250,6 +250,27 @@ async fn every_counter_moves_by_exactly_what_the_sessions_did() {
     let mut expected: BTreeMap<&str, f64> = BTreeMap::new();
     let mut add = |key: &'static str, n: f64| *expected.entry(key).or_default() += n;
 
+    // Two open sessions (one logged in, one not), then a third from the same address: refused.
+    // First, while no earlier connection can still hold one of the address's two places.
+    let mut held = Client::connect(server.addr).await;
+    assert!(held.login("bob", BOB_PASSWORD).await.starts_with("+OK"));
+    let idle = Client::connect(server.addr).await;
+    let mut refused = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut reply = String::new();
+    refused.read_to_string(&mut reply).await.unwrap();
+    assert_eq!(reply, "-ERR [SYS/TEMP] too many connections from your address; try again later\r\n");
+    let during = tokio::task::spawn_blocking(move || scrape(metrics)).await.unwrap();
+    assert_eq!(during["apopd_sessions{state=\"transaction\"}"], 1.0);
+    assert_eq!(during["apopd_sessions{state=\"authorization\"}"], 1.0);
+    assert_eq!(during["apopd_sessions{state=\"update\"}"], 0.0);
+    assert!(held.cmd("QUIT").await.starts_with("+OK"));
+    drop(idle);
+    add("apopd_logins_total{method=\"user_pass\",result=\"success\"}", 1.0);
+    add("apopd_update_duration_seconds_count", 1.0);
+    add("apopd_connections_refused_total{reason=\"per_ip\"}", 1.0);
+
+    tokio::task::spawn_blocking(move || settled(metrics)).await.unwrap();
+
     // Two APOP sessions of alice: the first retrieves every message and peeks at one, the
     // second deletes two; both QUIT (two UPDATEs).
     let mut c = Client::connect(server.addr).await;
@@ -300,24 +321,6 @@ async fn every_counter_moves_by_exactly_what_the_sessions_did() {
     let mut rest = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), raw.read_to_end(&mut rest)).await;
     add("apopd_tls_handshakes_total{kind=\"implicit\",result=\"failure\"}", 1.0);
-
-    // Two open sessions (one logged in, one not), then a third from the same address: refused.
-    let mut held = Client::connect(server.addr).await;
-    assert!(held.login("bob", BOB_PASSWORD).await.starts_with("+OK"));
-    let idle = Client::connect(server.addr).await;
-    let mut refused = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let mut reply = String::new();
-    refused.read_to_string(&mut reply).await.unwrap();
-    assert_eq!(reply, "-ERR [SYS/TEMP] too many connections from your address; try again later\r\n");
-    let during = tokio::task::spawn_blocking(move || scrape(metrics)).await.unwrap();
-    assert_eq!(during["apopd_sessions{state=\"transaction\"}"], 1.0);
-    assert_eq!(during["apopd_sessions{state=\"authorization\"}"], 1.0);
-    assert_eq!(during["apopd_sessions{state=\"update\"}"], 0.0);
-    assert!(held.cmd("QUIT").await.starts_with("+OK"));
-    drop(idle);
-    add("apopd_logins_total{method=\"user_pass\",result=\"success\"}", 1.0);
-    add("apopd_update_duration_seconds_count", 1.0);
-    add("apopd_connections_refused_total{reason=\"per_ip\"}", 1.0);
 
     // Three wrong passwords (each delayed), then a fourth attempt refused by the throttle.
     let mut c = Client::connect(server.addr).await;
