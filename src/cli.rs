@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use apopd::args::{Args, Command, DEFAULT_CONFIG, UserAction};
 use apopd::auth::users::{self, Entries};
 use apopd::auth::{apop, import, password};
-use apopd::config::Config;
+use apopd::config::{Config, LogFormat};
 use apopd::server::{Kind, Server, reload_tls_on_hangup};
 use apopd::store::deliver::DeliverError;
 use apopd::{demo, privileges, store, systemd};
@@ -24,6 +24,9 @@ const EX_NOPERM: u8 = 77;
 
 /// Run the parsed command.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if !matches!(args.command, Command::Serve { .. }) {
+        crate::init_logging(LogFormat::Text);
+    }
     match args.command {
         Command::Serve { config } => serve(config),
         Command::CheckConfig { config } => {
@@ -74,6 +77,7 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         eprintln!("apopd: serving the demo from {} (a fresh copy of {})", dir.display(), demo::DEMO_SOURCE);
     }
     let config = Config::load(&path)?;
+    crate::init_logging(config.log_format);
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
@@ -92,6 +96,9 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             Kind::Plain => eprintln!("apopd: POP3 on {addr}"),
             Kind::Tls => eprintln!("apopd: POP3S on {addr}"),
         }
+    }
+    if let Some(addr) = server.metrics_addr() {
+        eprintln!("apopd: metrics on http://{addr}/metrics");
     }
     eprintln!("apopd: ready");
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;

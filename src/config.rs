@@ -121,6 +121,23 @@ pub struct Config {
     /// Most transcript files kept; the oldest are removed when a session starts beyond it.
     #[serde(default = "default_transcript_max_files")]
     pub transcript_max_files: usize,
+    /// Serve Prometheus metrics over HTTP at `/metrics` on this address (off when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Log lines as `text` (default) or `json` (one object per line, for log shippers).
+    #[serde(default)]
+    pub log_format: LogFormat,
+}
+
+/// How `apopd serve` writes its log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (what the shipped fail2ban filter matches).
+    #[default]
+    Text,
+    /// One JSON object per line, with the session's span fields.
+    Json,
 }
 
 fn default_transcript_max_bytes() -> u64 {
@@ -300,6 +317,11 @@ impl Config {
     /// Settings that work but put mail at risk, for `check-config` and the start-up log.
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
+        if let Some(addr) = self.metrics_listen.filter(|a| !a.ip().is_loopback()) {
+            warnings.push(format!(
+                "metrics_listen = \"{addr}\" is not a loopback address: whoever reaches it reads the server's counters (firewall it or use a management network)"
+            ));
+        }
         let home = self.mail_root().is_ok_and(|root| root.is_home_layout());
         if home && nix::unistd::geteuid().is_root() && self.run_as_user.is_none() {
             warnings.push(format!(

@@ -9,6 +9,7 @@ pub mod config;
 pub mod demo;
 pub mod i18n;
 pub mod lab;
+pub mod metrics;
 pub mod privileges;
 pub mod protocol;
 pub mod server;

@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::Config;
 use crate::i18n::Key;
+use crate::metrics::{self, Handshake, HandshakeResult, Refusal};
 use crate::protocol::response;
 use crate::session;
 use crate::shared::{IpSlot, Shared};
@@ -29,6 +30,8 @@ pub enum Kind {
 /// Bound listeners, ready to serve.
 pub struct Server {
     listeners: Vec<(std::net::TcpListener, Kind)>,
+    /// The `/metrics` listener, when `metrics_listen` is set.
+    metrics: Option<std::net::TcpListener>,
     shared: Arc<Shared>,
 }
 
@@ -46,7 +49,8 @@ impl Server {
             let listener = bind_socket(*addr).with_context(|| format!("cannot listen on {addr}"))?;
             listeners.push((listener, kind));
         }
-        Ok(Server { listeners, shared })
+        let metrics = bind_metrics(config)?;
+        Ok(Server { listeners, metrics, shared })
     }
 
     /// Serve on sockets bound by someone else (systemd socket activation) instead of the config's.
@@ -55,12 +59,18 @@ impl Server {
         if shared.tls.is_none() && listeners.iter().any(|(_, kind)| *kind == Kind::Tls) {
             anyhow::bail!("a pop3s socket was passed in but tls_cert/tls_key are not configured");
         }
-        Ok(Server { listeners, shared })
+        let metrics = bind_metrics(&shared.config)?;
+        Ok(Server { listeners, metrics, shared })
     }
 
     /// The addresses actually bound (useful with port 0), with their kind.
     pub fn local_addrs(&self) -> Vec<(SocketAddr, Kind)> {
         self.listeners.iter().filter_map(|(l, kind)| Some((l.local_addr().ok()?, *kind))).collect()
+    }
+
+    /// The address the `/metrics` endpoint is bound to, if any.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref()?.local_addr().ok()
     }
 
     /// What every session shares (for reloads).
@@ -87,6 +97,12 @@ impl Server {
             }
             accepting.spawn(accept_loop(listener, kind, self.shared.clone(), limit.clone()));
         }
+        if let Some(listener) = self.metrics {
+            match TcpListener::from_std(listener) {
+                Ok(listener) => drop(accepting.spawn(metrics::http::serve(listener, self.shared.metrics.clone()))),
+                Err(e) => tracing::error!("cannot use the metrics socket: {e}"),
+            }
+        }
         shutdown.await;
         tracing::info!("shutting down: no new connections");
         accepting.shutdown().await;
@@ -99,6 +115,12 @@ impl Server {
             Err(_) => tracing::warn!("shutdown grace period over; dropping the remaining sessions"),
         }
     }
+}
+
+/// The `metrics_listen` socket, bound with the others (before privileges are dropped).
+fn bind_metrics(config: &Config) -> anyhow::Result<Option<std::net::TcpListener>> {
+    let Some(addr) = config.metrics_listen else { return Ok(None) };
+    bind_socket(addr).map(Some).with_context(|| format!("cannot listen on metrics_listen {addr}"))
 }
 
 /// A listening socket; IPv6 ones are IPv6-only, so `0.0.0.0:110` and `[::]:110` can coexist.
@@ -150,17 +172,19 @@ async fn accept_loop(listener: TcpListener, kind: Kind, shared: Arc<Shared>, lim
             }
         };
         let _ = stream.set_nodelay(true);
-        let (why, key) = match limit.clone().try_acquire_owned() {
-            Err(_) => ("too many connections", Key::TooManyConnections),
+        let (why, key, reason) = match limit.clone().try_acquire_owned() {
+            Err(_) => ("too many connections", Key::TooManyConnections, Refusal::MaxConnections),
             Ok(permit) => match shared.admit(peer.ip()) {
-                None => ("too many connections from your address", Key::TooManyConnectionsIp),
+                None => ("too many connections from your address", Key::TooManyConnectionsIp, Refusal::PerIp),
                 Some(slot) => {
+                    shared.metrics.accepted(kind == Kind::Tls);
                     tokio::spawn(serve_connection(stream, peer, kind, shared.clone(), permit, slot));
                     continue;
                 }
             },
         };
         tracing::warn!(%peer, "{why}; refusing");
+        shared.metrics.refused(reason);
         if let Ok(refusal) = refusals.clone().try_acquire_owned() {
             let shared = shared.clone();
             tokio::spawn(async move {
@@ -183,7 +207,9 @@ async fn serve_connection(
     match (kind, shared.tls.as_ref()) {
         (Kind::Tls, Some(tls)) => {
             let handshake = tokio::time::timeout(session::HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream));
-            match handshake.await {
+            let handshake = handshake.await;
+            shared.metrics.handshake(Handshake::Implicit, HandshakeResult::of(&handshake));
+            match handshake {
                 Ok(Ok(stream)) => session::serve(stream, peer, shared.clone(), true).await,
                 Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::info!(%peer, "TLS handshake timed out"),

@@ -14,6 +14,7 @@ use crate::auth::apop::TimestampMaker;
 use crate::auth::throttle::{Policy, Throttle};
 use crate::config::Config;
 use crate::i18n::{Catalog, Texts};
+use crate::metrics::Metrics;
 use crate::store::MailRoot;
 use crate::tls::Tls;
 use crate::transcript::Transcripts;
@@ -41,6 +42,8 @@ pub struct Shared {
     pub transcripts: Option<Transcripts>,
     /// Becomes true when the server shuts down; sessions watch it.
     pub shutdown: tokio::sync::watch::Sender<bool>,
+    /// Every exported metric.
+    pub metrics: Arc<Metrics>,
     /// When each user last logged in, for LOGIN-DELAY.
     last_login: Mutex<HashMap<String, Instant>>,
     /// Open connections per client IP.
@@ -75,6 +78,7 @@ impl Shared {
             transcripts,
             throttle,
             shutdown: tokio::sync::watch::Sender::new(false),
+            metrics: Arc::new(Metrics::new()),
             per_ip: Mutex::new(HashMap::new()),
             tls,
             timestamps: TimestampMaker::new(&config.hostname),

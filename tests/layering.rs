@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 const RULES: &[(&str, &[&str])] = &[
     ("shared", &["server", "cli", "session"]),
     ("session", &["server", "cli"]),
+    ("metrics", &["server", "cli", "session", "shared", "store"]),
     ("auth", &["server", "cli", "session", "shared"]),
     ("store", &["server", "cli", "session", "shared", "auth"]),
     ("protocol", &["server", "cli", "session", "shared", "auth", "store", "config", "tls"]),

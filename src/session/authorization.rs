@@ -6,6 +6,7 @@ use super::transaction::Transaction;
 use super::{Context, Outcome};
 use crate::auth::sasl::{self, Exchange, Mechanism, Step};
 use crate::i18n::Key;
+use crate::metrics::{LoginResult, Method};
 use crate::protocol::Command;
 use crate::protocol::response::{err, multi_line, ok};
 use crate::store::{Mailbox, OpenError};
@@ -69,8 +70,9 @@ impl Authorization {
                 if let Some(refusal) = throttled(cx) {
                     return refusal;
                 }
+                let started = Instant::now();
                 let accepted = cx.shared.auth.check_password(&user, password).await;
-                login(cx, user, accepted, "USER/PASS", None).await
+                login(cx, user, accepted, Method::UserPass, started, None).await
             }
             Command::Apop { .. } if cx.timestamp.is_empty() => Outcome::Reply(err(t.get(Key::ApopDisabled))),
             Command::Apop { name, .. } if !name.is_ascii() && !cx.utf8 => Outcome::Reply(err(t.get(Key::Utf8Names))),
@@ -79,10 +81,11 @@ impl Authorization {
                 if let Some(refusal) = throttled(cx) {
                     return refusal;
                 }
+                let started = Instant::now();
                 let accepted = cx.shared.auth.check_apop(&name, &cx.timestamp, &digest);
                 // A hint may explain the digest's syntax: that says nothing about the user.
                 let malformed = digest.len() != 32 || !digest.bytes().all(|b| b.is_ascii_hexdigit());
-                login(cx, name, accepted, "APOP", malformed.then_some(Key::HintApopDigest)).await
+                login(cx, name, accepted, Method::Apop, started, malformed.then_some(Key::HintApopDigest)).await
             }
             Command::Stls if cx.secure => Outcome::Reply(err(t.get(Key::AlreadyTls))),
             // RFC 6856 §2.1: no STLS after UTF8.
@@ -120,9 +123,10 @@ impl Authorization {
             Some(Some(decoded)) => Some(decoded),
             Some(None) => return Outcome::Reply(err(cx.texts().get(Key::SaslBadInitial))),
         };
+        let started = Instant::now();
         let (exchange, step) = Exchange::start(mechanism, initial, cx.shared.timestamps.next(), &cx.shared.auth);
         self.sasl = Some((mechanism, exchange));
-        self.after_step(step, cx).await
+        self.after_step(mechanism, step, started, cx).await
     }
 
     /// Feed one client line to the running AUTH exchange.
@@ -135,15 +139,17 @@ impl Authorization {
             self.sasl = None;
             return Outcome::Reply(err(cx.texts().get(Key::SaslBadBase64)));
         };
-        let Some((_, exchange)) = self.sasl.as_mut() else {
+        let Some((mechanism, exchange)) = self.sasl.as_mut() else {
             return Outcome::Reply(err(cx.texts().get(Key::SaslNotRunning)));
         };
+        let (mechanism, started) = (*mechanism, Instant::now());
         let step = exchange.step(&response, &cx.shared.auth);
-        self.after_step(step, cx).await
+        self.after_step(mechanism, step, started, cx).await
     }
 
-    async fn after_step(&mut self, step: Step, cx: &Context) -> Outcome {
-        let method = self.sasl.as_ref().map_or("AUTH", |(m, _)| m.name());
+    /// Act on an exchange's step; `started` is when this step's credential work began.
+    async fn after_step(&mut self, mechanism: Mechanism, step: Step, started: Instant, cx: &Context) -> Outcome {
+        let method = Method::Sasl(mechanism);
         if !matches!(step, Step::Challenge(_)) {
             self.sasl = None; // the exchange is over, whatever its result
         }
@@ -153,10 +159,10 @@ impl Authorization {
             }
             Step::CheckPassword { user, password } => {
                 let accepted = cx.shared.auth.check_password(&user, password).await;
-                login(cx, user, accepted, method, None).await
+                login(cx, user, accepted, method, started, None).await
             }
-            Step::Authenticated { user } => login(cx, user, true, method, None).await,
-            Step::Failed { user } => login(cx, user.unwrap_or_default(), false, method, None).await,
+            Step::Authenticated { user } => login(cx, user, true, method, started, None).await,
+            Step::Failed { user } => login(cx, user.unwrap_or_default(), false, method, started, None).await,
             Step::Malformed(why) => Outcome::Reply(err(cx.texts().get(why))),
         }
     }
@@ -166,32 +172,48 @@ impl Authorization {
 fn throttled(cx: &Context) -> Option<Outcome> {
     let left = cx.shared.throttle.blocked_for(cx.peer.ip(), Instant::now())?;
     tracing::warn!(peer = %cx.peer.ip(), "login refused: too many failed logins");
+    cx.shared.metrics.throttle_refusal();
     Some(Outcome::Reply(err(&cx.texts().fill(Key::Throttled, &[("seconds", &left.as_secs().max(1))]))))
 }
 
-/// Finish a login attempt: delay failures, enforce LOGIN-DELAY, lock and open the mailbox.
+/// Finish a login attempt: delay failures, enforce LOGIN-DELAY, lock and open the mailbox;
+/// count it with the time since `started` (the failure delay left out: it has its own metric).
 ///
 /// Every failure gets one answer, whether the user exists or not, after the same delay;
 /// `syntax_hint` (shown only with `lab_hints`) may explain the form of what the client sent.
-async fn login(cx: &Context, user: String, accepted: bool, method: &str, syntax_hint: Option<Key>) -> Outcome {
+async fn login(
+    cx: &Context,
+    user: String,
+    accepted: bool,
+    method: Method,
+    started: Instant,
+    syntax_hint: Option<Key>,
+) -> Outcome {
     let t = cx.texts();
+    let counted = |result: LoginResult, outcome: Outcome| {
+        cx.shared.metrics.login(method, result, started.elapsed());
+        outcome
+    };
     let auth_failed = || match syntax_hint {
         Some(hint) => t.hinted(Key::AuthFailed, hint, &[]),
         None => t.get(Key::AuthFailed).to_owned(),
     };
     if !accepted {
         // fail2ban matches this line: keep "authentication failed peer=<ip>" stable.
-        tracing::warn!(peer = %cx.peer.ip(), user = ?user, method, "authentication failed");
+        tracing::warn!(peer = %cx.peer.ip(), user = ?user, method = method.log_name(), "authentication failed");
+        let outcome = counted(LoginResult::Failure, Outcome::Reply(err(&auth_failed())));
         let delay = cx.shared.throttle.failed(cx.peer.ip(), &user, Instant::now());
+        cx.shared.metrics.throttle_delay(delay);
         tokio::time::sleep(delay).await;
-        return Outcome::Reply(err(&auth_failed()));
+        return outcome;
     }
     cx.shared.throttle.succeeded(&user);
     if let Some(wait) = cx.shared.login_delay_left(&user, Instant::now()) {
-        return Outcome::Reply(err(&t.fill(Key::LoginDelay, &[("seconds", &wait.as_secs().max(1))])));
+        let reply = err(&t.fill(Key::LoginDelay, &[("seconds", &wait.as_secs().max(1))]));
+        return counted(LoginResult::LoginDelay, Outcome::Reply(reply));
     }
     let Some(location) = cx.shared.mail_root.locate(&user) else {
-        return Outcome::Reply(err(&auth_failed()));
+        return counted(LoginResult::Failure, Outcome::Reply(err(&auth_failed())));
     };
     let policy = cx.shared.mail_root.policy().clone();
     let opened = tokio::task::spawn_blocking(move || Mailbox::open(&location, &policy)).await;
@@ -201,26 +223,26 @@ async fn login(cx: &Context, user: String, accepted: bool, method: &str, syntax_
             cx.shared.record_login(&user, Instant::now());
             let transaction = Transaction::new(user.clone(), mailbox);
             let (count, octets) = transaction.totals();
-            tracing::info!(method, count, octets, "logged in");
+            tracing::info!(method = method.log_name(), count, octets, "logged in");
             let messages = t.messages(count as u64);
             let reply = ok(&t.fill(Key::LoginOk, &[("user", &user), ("messages", &messages), ("octets", &octets)]));
-            Outcome::Enter(Box::new(transaction), reply)
+            counted(LoginResult::Success, Outcome::Enter(Box::new(transaction), reply))
         }
         Ok(Err(OpenError::InUse)) => {
             tracing::info!(user = ?user, "mailbox in use");
-            Outcome::Reply(err(t.get(Key::InUse)))
+            counted(LoginResult::InUse, Outcome::Reply(err(t.get(Key::InUse))))
         }
         Ok(Err(OpenError::Unsafe(e))) => {
             tracing::error!(user = ?user, "refusing to serve an unsafe maildir: {e}");
-            Outcome::Reply(err(t.get(Key::UnsafeMailbox)))
+            counted(LoginResult::Error, Outcome::Reply(err(t.get(Key::UnsafeMailbox))))
         }
         Ok(Err(OpenError::Io(e))) => {
             tracing::error!(user = ?user, "cannot open mailbox: {e}");
-            Outcome::Reply(err(t.get(Key::CannotOpen)))
+            counted(LoginResult::Error, Outcome::Reply(err(t.get(Key::CannotOpen))))
         }
         Err(e) => {
             tracing::error!(user = ?user, "mailbox open task failed: {e}");
-            Outcome::Reply(err(t.get(Key::CannotOpen)))
+            counted(LoginResult::Error, Outcome::Reply(err(t.get(Key::CannotOpen))))
         }
     }
 }

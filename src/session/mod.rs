@@ -20,6 +20,7 @@ use tracing::Instrument;
 
 use crate::auth::sasl::{self, Mechanism};
 use crate::i18n::{Key, Texts};
+use crate::metrics::{Handshake, HandshakeResult, SessionGauge, State as Counted};
 use crate::protocol::response::{self, BodyEncoder, TERMINATOR};
 use crate::protocol::{Command, command};
 use crate::shared::Shared;
@@ -119,6 +120,8 @@ struct Core {
     errors_in_a_row: u32,
     /// This session's transcript, when `transcript_dir` is set.
     transcript: Option<Transcript>,
+    /// This session in the sessions-by-state gauge.
+    gauge: SessionGauge,
 }
 
 /// Serve one POP3 client on `stream` (already TLS when `secure`) until it quits, drops or times out.
@@ -135,7 +138,9 @@ where
         let lang = shared.default_language;
         let transcript = shared.transcripts.as_ref().map(|t| t.open(peer));
         let context = Context { timestamp, shared, peer, secure, lang, utf8: false };
-        let core = Core { context, state: State::Authorization(Default::default()), errors_in_a_row: 0, transcript };
+        let gauge = context.shared.metrics.session();
+        let state = State::Authorization(Default::default());
+        let core = Core { context, state, errors_in_a_row: 0, transcript, gauge };
         let (result, core, stream) = run_on(core, stream, true).await;
         if let Ok(End::StartTls) = result {
             return start_tls(core, stream).await;
@@ -150,6 +155,7 @@ where
 async fn start_tls<S: AsyncRead + AsyncWrite + Unpin>(mut core: Core, stream: S) {
     let Some(tls) = core.context.shared.tls.as_ref() else { return };
     let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream)).await;
+    core.context.shared.metrics.handshake(Handshake::Stls, HandshakeResult::of(&handshake));
     let stream = match handshake {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => return tracing::info!(error = %e, "STLS handshake failed"),
@@ -273,6 +279,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
                         transcript.login(transaction.user());
                     }
                     self.core.state = State::Transaction(transaction);
+                    self.core.gauge.set(Counted::Transaction);
                     self.reply(reply).await?;
                 }
                 Outcome::Close(reply) => {
@@ -285,10 +292,13 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
                     return Ok(End::StartTls);
                 }
                 Outcome::Update => {
+                    self.core.gauge.set(Counted::Update);
                     let state = std::mem::replace(&mut self.core.state, State::Authorization(Default::default()));
                     let texts = self.core.context.texts();
                     let reply = match state {
-                        State::Transaction(transaction) => transaction.update(texts).await,
+                        State::Transaction(transaction) => {
+                            transaction.update(texts, &self.core.context.shared.metrics).await
+                        }
                         State::Authorization(_) => response::ok(texts.get(Key::Bye)),
                     };
                     self.send(&reply).await?;
@@ -439,6 +449,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
             }
         }
         encoder.finish(&mut out);
+        self.core.context.shared.metrics.retrieved(top.is_some(), written + out.len() as u64);
         if let (Some(transcript), Some(status)) = (&mut self.core.transcript, status_line) {
             let text = (written + out.len() as u64).saturating_sub((status.len() + TERMINATOR.len()) as u64);
             transcript.message(&status, text);

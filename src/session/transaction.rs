@@ -7,6 +7,7 @@ use crate::protocol::Command;
 use std::io::Read;
 
 use crate::i18n::{Key, Texts};
+use crate::metrics::Metrics;
 use crate::protocol::response::{TERMINATOR, err, ok, push_number};
 use crate::store::{Mailbox, Message};
 
@@ -173,11 +174,15 @@ impl Transaction {
     }
 
     /// UPDATE: remove the marked messages, then release the lock (by dropping the mailbox).
-    pub async fn update(self, t: Texts<'_>) -> Vec<u8> {
+    pub async fn update(self, t: Texts<'_>, metrics: &Metrics) -> Vec<u8> {
         let marked: Vec<usize> = (0..self.deleted.len()).filter(|&i| self.deleted[i]).collect();
         let total = marked.len();
         let mailbox = self.mailbox;
+        let started = std::time::Instant::now();
         let removal = tokio::task::spawn_blocking(move || mailbox.remove(&marked)).await;
+        if let Ok(removal) = &removal {
+            metrics.update(removal.removed, started.elapsed());
+        }
         match removal {
             Ok(removal) if removal.failed.is_empty() => {
                 tracing::info!(deleted = removal.removed, "UPDATE done");

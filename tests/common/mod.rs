@@ -402,16 +402,23 @@ pub struct ServerProcess {
     pub addr: SocketAddr,
     /// The first POP3S listener, if any.
     pub tls_addr: Option<SocketAddr>,
+    /// The `/metrics` endpoint, when `metrics_listen` is set.
+    pub metrics_addr: Option<SocketAddr>,
     /// Every line the process wrote to stderr so far (its log, `RUST_LOG=warn`).
     pub log: Arc<Mutex<Vec<String>>>,
 }
 
 impl ServerProcess {
     pub fn spawn(config: &Path) -> Self {
+        Self::spawn_logging(config, "warn")
+    }
+
+    /// Like [`ServerProcess::spawn`], with `RUST_LOG` set to `filter`.
+    pub fn spawn_logging(config: &Path, filter: &str) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_apopd"))
             .args(["serve", "--config"])
             .arg(config)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", filter)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -420,7 +427,7 @@ impl ServerProcess {
         let stderr = child.stderr.take().expect("stderr");
         let mut lines = StdBufReader::new(stderr).lines();
         let log = Arc::new(Mutex::new(Vec::new()));
-        let (mut addr, mut tls_addr) = (None, None);
+        let (mut addr, mut tls_addr, mut metrics_addr) = (None, None, None);
         loop {
             let line = lines.next().expect("apopd exited before listening").expect("read stderr");
             log.lock().unwrap().push(line.clone());
@@ -428,6 +435,8 @@ impl ServerProcess {
                 addr = addr.or(Some(a.parse().expect("address")));
             } else if let Some(a) = line.strip_prefix("apopd: POP3S on ") {
                 tls_addr = tls_addr.or(Some(a.parse().expect("address")));
+            } else if let Some(a) = line.strip_prefix("apopd: metrics on http://") {
+                metrics_addr = Some(a.trim_end_matches("/metrics").parse().expect("address"));
             } else if line == "apopd: ready" {
                 break;
             }
@@ -435,7 +444,7 @@ impl ServerProcess {
         // Keep draining stderr so the child never blocks on a full pipe; keep what it says.
         let kept = log.clone();
         std::thread::spawn(move || lines.map_while(Result::ok).for_each(|line| kept.lock().unwrap().push(line)));
-        ServerProcess { child, addr: addr.expect("a plain listener"), tls_addr, log }
+        ServerProcess { child, addr: addr.expect("a plain listener"), tls_addr, metrics_addr, log }
     }
 
     /// The process id.
