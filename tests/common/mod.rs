@@ -402,6 +402,10 @@ pub struct ServerProcess {
     pub addr: SocketAddr,
     /// The first POP3S listener, if any.
     pub tls_addr: Option<SocketAddr>,
+    /// The first plain listener with `proxy_protocol = true`, if any.
+    pub proxy_addr: Option<SocketAddr>,
+    /// The first POP3S listener with `proxy_protocol = true`, if any.
+    pub proxy_tls_addr: Option<SocketAddr>,
     /// Every line the process wrote to stderr so far (its log, `RUST_LOG=warn`).
     pub log: Arc<Mutex<Vec<String>>>,
 }
@@ -420,7 +424,7 @@ impl ServerProcess {
         let stderr = child.stderr.take().expect("stderr");
         let mut lines = StdBufReader::new(stderr).lines();
         let log = Arc::new(Mutex::new(Vec::new()));
-        let (mut addr, mut tls_addr) = (None, None);
+        let (mut addr, mut tls_addr, mut proxy_addr, mut proxy_tls_addr) = (None, None, None, None);
         loop {
             let line = lines.next().expect("apopd exited before listening").expect("read stderr");
             log.lock().unwrap().push(line.clone());
@@ -428,6 +432,10 @@ impl ServerProcess {
                 addr = addr.or(Some(a.parse().expect("address")));
             } else if let Some(a) = line.strip_prefix("apopd: POP3S on ") {
                 tls_addr = tls_addr.or(Some(a.parse().expect("address")));
+            } else if let Some(a) = line.strip_prefix("apopd: POP3 (PROXY protocol) on ") {
+                proxy_addr = proxy_addr.or(Some(a.parse().expect("address")));
+            } else if let Some(a) = line.strip_prefix("apopd: POP3S (PROXY protocol) on ") {
+                proxy_tls_addr = proxy_tls_addr.or(Some(a.parse().expect("address")));
             } else if line == "apopd: ready" {
                 break;
             }
@@ -435,7 +443,7 @@ impl ServerProcess {
         // Keep draining stderr so the child never blocks on a full pipe; keep what it says.
         let kept = log.clone();
         std::thread::spawn(move || lines.map_while(Result::ok).for_each(|line| kept.lock().unwrap().push(line)));
-        ServerProcess { child, addr: addr.expect("a plain listener"), tls_addr, log }
+        ServerProcess { child, addr: addr.expect("a plain listener"), tls_addr, proxy_addr, proxy_tls_addr, log }
     }
 
     /// The process id.
