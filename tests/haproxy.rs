@@ -1,6 +1,7 @@
 //! PROXY protocol behind a real HAProxy (Debian `haproxy`, a throw-away instance on loopback
 //! ports started by the test): the client's address reaches apopd's logs and throttle; untrusted
-//! senders, garbage and silence are closed without a greeting.
+//! senders, garbage and silence are closed without a greeting; and docs/scaling.md's reference
+//! deployment in miniature (HAProxy balancing two nodes on one mail root).
 
 mod common;
 
@@ -78,6 +79,33 @@ impl Drop for Haproxy {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Start HAProxy balancing (round robin, `send-proxy-v2`, POP3 health checks) over `nodes`,
+/// with the configuration docs/scaling.md shows; returns it and the frontend address.
+fn balance(dir: &Path, nodes: &[SocketAddr]) -> (Child, SocketAddr) {
+    let front = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut config = format!(
+        "global\n  pidfile {pid}\n  maxconn 512\n\
+         defaults\n  mode tcp\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n\
+         frontend pop3\n  bind {front}\n  default_backend apopd\n\
+         backend apopd\n  balance roundrobin\n  option tcp-check\n  tcp-check expect rstring ^\\+OK\n\
+         \x20 tcp-check send QUIT\\r\\n\n\
+         \x20 default-server send-proxy-v2 check check-send-proxy inter 200ms fall 2 rise 1\n",
+        pid = dir.join("haproxy.pid").display(),
+    );
+    for (i, node) in nodes.iter().enumerate() {
+        config.push_str(&format!("  server node{i} {node}\n"));
+    }
+    let path = dir.join("balance.cfg");
+    std::fs::write(&path, config).expect("write balance.cfg");
+    let child = Command::new("haproxy").arg("-f").arg(&path).arg("-db").stdin(Stdio::null()).spawn().expect("haproxy");
+    let up = (0..500).any(|_| {
+        std::thread::sleep(Duration::from_millis(10));
+        std::net::TcpStream::connect(front).is_ok()
+    });
+    assert!(up, "haproxy does not listen on {front}");
+    (child, front)
 }
 
 /// A fixture with a plain listener, a PROXY listener and (with `tls`) a POP3S PROXY listener.
@@ -200,4 +228,42 @@ async fn untrusted_garbage_and_silent_senders_get_no_greeting() {
     // The plain listener next to it is unaffected: a PROXY line there is just a bad command.
     let mut plain = Client::connect(server.addr).await;
     assert!(plain.cmd("PROXY TCP4 192.0.2.1 127.0.0.1 1234 110").await.starts_with("-ERR"));
+}
+
+#[tokio::test]
+async fn reference_deployment_in_miniature() {
+    if !have_program("haproxy", "haproxy") {
+        return;
+    }
+    // Two nodes on one mail root behind one HAProxy (accounts: the users file here).
+    let fixture = fixture("127.0.0.1/32", "");
+    let nodes = [ServerProcess::spawn(&fixture.config_path), ServerProcess::spawn(&fixture.config_path)];
+    let backends: Vec<SocketAddr> = nodes.iter().map(|n| n.proxy_addr.expect("proxy listener")).collect();
+    let (haproxy, front) = balance(fixture.dir.path(), &backends);
+    let _haproxy = Haproxy { child: haproxy, v1: front, v2: front, v2_tls: None };
+
+    // Round robin (once the health checks have seen both nodes): failed logins from 127.0.0.9
+    // land on both nodes, and both see the client.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for _ in 0..6 {
+        let mut c = Client::start(connect_from(front, "127.0.0.9").await).await;
+        assert!(c.login("alice", "wrong").await.starts_with("-ERR [AUTH]"));
+    }
+    for node in &nodes {
+        let seen = node.wait_for_log("authentication failed", 1);
+        assert!(seen[0].contains("peer=127.0.0.9"), "{seen:?}");
+    }
+    // One session per mailbox: while one node holds alice, the next connection (on either
+    // node; tests/two_nodes.rs pins the cross-node case) gets [IN-USE].
+    let mut first = Client::start(connect_from(front, "127.0.0.10").await).await;
+    assert!(first.login("alice", ALICE_PASSWORD).await.starts_with("+OK alice's maildrop has 5 messages"));
+    let mut second = Client::start(connect_from(front, "127.0.0.11").await).await;
+    assert!(second.login("alice", ALICE_PASSWORD).await.starts_with("-ERR [IN-USE]"));
+    // Delete on one node, the other serves what is left.
+    assert!(first.cmd("DELE 1").await.starts_with("+OK"));
+    assert!(first.cmd("QUIT").await.starts_with("+OK"));
+    let mut third = Client::start(connect_from(front, "127.0.0.12").await).await;
+    assert!(third.login("alice", ALICE_PASSWORD).await.starts_with("+OK alice's maildrop has 4 messages"));
+    assert!(third.cmd("QUIT").await.starts_with("+OK"));
+    assert!(!nodes.iter().flat_map(|n| n.log_lines()).any(|l| l.contains("PROXY header")));
 }
