@@ -108,6 +108,30 @@ fn balance(dir: &Path, nodes: &[SocketAddr]) -> (Child, SocketAddr) {
     (child, front)
 }
 
+/// The shipped fail2ban filter, run by fail2ban-regex over `log` (as written and as the journal
+/// shows it), finds `count` failures per form, all from `client`.
+fn fail2ban_bans_only(fixture: &Fixture, log: &[String], client: &str, count: usize) {
+    if !have_program("fail2ban-regex", "fail2ban") {
+        return;
+    }
+    let journal = log.iter().map(|l| format!("Dec  1 10:00:00 mailhost apopd[4242]: {l}"));
+    let text: Vec<String> = log.iter().cloned().chain(journal).collect();
+    let path = fixture.dir.path().join("proxied.log");
+    std::fs::write(&path, text.join("\n") + "\n").expect("write log");
+    let filter = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/fail2ban/filter.d/apopd.conf");
+    let out = Command::new("timeout")
+        .args(["-k", "5", "60", "fail2ban-regex", "--raw", "-o", "ip"])
+        .arg(&path)
+        .arg(filter)
+        .env("LC_ALL", "C")
+        .output()
+        .expect("run fail2ban-regex");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "fail2ban-regex: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let ips: Vec<&str> = stdout.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(ips, vec![client; 2 * count], "proxied failures, client address only:\n{stdout}");
+}
+
 /// A fixture with a plain listener, a PROXY listener and (with `tls`) a POP3S PROXY listener.
 fn fixture(trusted: &str, extra: &str) -> Fixture {
     Fixture::new(&format!(
@@ -140,6 +164,7 @@ async fn clients_behind_haproxy_keep_their_address_in_logs_and_throttle() {
     }
     let failures = server.wait_for_log("authentication failed", 2);
     assert!(failures.iter().all(|l| l.contains("peer=127.0.0.9") && l.contains("via=127.0.0.1:")), "{failures:?}");
+    fail2ban_bans_only(&fixture, &server.log_lines(), "127.0.0.9", 2);
     let mut blocked = Client::start(connect_from(haproxy.v2, "127.0.0.9").await).await;
     let reply = blocked.login("alice", ALICE_PASSWORD).await;
     assert!(reply.starts_with("-ERR [LOGIN-DELAY]"), "127.0.0.9 is throttled: {reply}");
