@@ -95,6 +95,8 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         match kind {
             Kind::Plain => eprintln!("apopd: POP3 on {addr}"),
             Kind::Tls => eprintln!("apopd: POP3S on {addr}"),
+            Kind::ProxyPlain => eprintln!("apopd: POP3 (PROXY protocol) on {addr}"),
+            Kind::ProxyTls => eprintln!("apopd: POP3S (PROXY protocol) on {addr}"),
         }
     }
     if let Some(addr) = server.metrics_addr() {

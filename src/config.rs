@@ -21,10 +21,13 @@ pub const MIN_IDLE_TIMEOUT_SECS: u64 = 600;
 pub struct Config {
     /// Plain POP3 listeners.
     #[serde(default = "default_listen")]
-    pub listen: Vec<SocketAddr>,
+    pub listen: Vec<Listen>,
     /// Implicit-TLS (POP3S, RFC 8314) listeners; need `tls_cert` and `tls_key`.
     #[serde(default)]
-    pub listen_tls: Vec<SocketAddr>,
+    pub listen_tls: Vec<Listen>,
+    /// Who may send a PROXY header to a `proxy_protocol` listener (empty: nobody).
+    #[serde(default)]
+    pub proxy_trusted_networks: Vec<IpNet>,
     /// PEM certificate chain (leaf first) for STLS and POP3S.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_cert: Option<PathBuf>,
@@ -147,8 +150,70 @@ fn default_transcript_max_files() -> usize {
     10_000
 }
 
-fn default_listen() -> Vec<SocketAddr> {
-    vec![SocketAddr::from(([127, 0, 0, 1], 110))]
+fn default_listen() -> Vec<Listen> {
+    vec![Listen::from(SocketAddr::from(([127, 0, 0, 1], 110)))]
+}
+
+/// One listener: `"ADDR:PORT"`, or `{ addr = "ADDR:PORT", proxy_protocol = true }` for one that
+/// requires a PROXY header (v1 or v2) from a `proxy_trusted_networks` address before anything else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Listen {
+    /// The plain form, `"ADDR:PORT"`.
+    Addr(SocketAddr),
+    /// The table form.
+    Table(ListenTable),
+}
+
+/// The table form of a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenTable {
+    /// Where to listen.
+    pub addr: SocketAddr,
+    /// Whether every connection must start with a PROXY protocol header.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+}
+
+impl Listen {
+    /// Where to listen.
+    pub fn addr(&self) -> SocketAddr {
+        match self {
+            Listen::Addr(addr) | Listen::Table(ListenTable { addr, .. }) => *addr,
+        }
+    }
+
+    /// Whether connections start with a PROXY header.
+    pub fn proxy_protocol(&self) -> bool {
+        matches!(self, Listen::Table(ListenTable { proxy_protocol: true, .. }))
+    }
+}
+
+impl From<SocketAddr> for Listen {
+    fn from(addr: SocketAddr) -> Listen {
+        Listen::Addr(addr)
+    }
+}
+
+impl<'de> Deserialize<'de> for Listen {
+    /// A string or a table, each with its own precise error (serde's untagged errors are vague).
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Listen, D::Error> {
+        struct ListenVisitor;
+        impl<'de> serde::de::Visitor<'de> for ListenVisitor {
+            type Value = Listen;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("\"ADDR:PORT\" or { addr = \"ADDR:PORT\", proxy_protocol = true }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Listen, E> {
+                v.parse().map(Listen::Addr).map_err(|e| E::custom(format!("{v:?}: {e}")))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Listen, A::Error> {
+                ListenTable::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Listen::Table)
+            }
+        }
+        deserializer.deserialize_any(ListenVisitor)
+    }
 }
 fn default_users_file() -> PathBuf {
     PathBuf::from("/etc/apopd/users")
@@ -322,6 +387,14 @@ impl Config {
                 "metrics_listen = \"{addr}\" is not a loopback address: whoever reaches it reads the server's counters (firewall it or use a management network)"
             ));
         }
+        let proxied = self.listen.iter().chain(&self.listen_tls).any(Listen::proxy_protocol);
+        if proxied && self.proxy_trusted_networks.is_empty() {
+            warnings.push(
+                "a listener has proxy_protocol = true but proxy_trusted_networks is empty: \
+                 every connection to it will be refused"
+                    .to_owned(),
+            );
+        }
         let home = self.mail_root().is_ok_and(|root| root.is_home_layout());
         if home && nix::unistd::geteuid().is_root() && self.run_as_user.is_none() {
             warnings.push(format!(
@@ -375,6 +448,12 @@ impl Config {
         self.lab_networks.iter().any(|net| net.contains(&peer))
     }
 
+    /// True when `peer` may send a PROXY header (it is in `proxy_trusted_networks`).
+    pub fn proxy_trusted(&self, peer: IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        self.proxy_trusted_networks.iter().any(|net| net.contains(&peer))
+    }
+
     /// The effective configuration as TOML, for `apopd check-config`.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
@@ -396,6 +475,7 @@ mod tests {
     fn minimal_config_gets_defaults_and_absolute_paths() {
         let c = parse("mail_root = \"mail/{user}\"\nusers_file = \"users\"\n").unwrap();
         assert_eq!(c.listen, default_listen());
+        assert!(c.proxy_trusted_networks.is_empty());
         assert!(Path::new(&c.mail_root).is_absolute());
         assert!(c.users_file.is_absolute());
         assert_eq!(c.idle_timeout_secs, 600);
@@ -450,5 +530,25 @@ mod tests {
         assert!(c.plaintext_allowed_from("::1".parse().unwrap()));
         assert!(c.plaintext_allowed_from("::ffff:192.0.2.7".parse().unwrap()));
         assert!(!c.plaintext_allowed_from("198.51.100.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn listeners_take_both_shapes() {
+        let text = "mail_root = \"/m/{user}\"\nproxy_trusted_networks = [\"10.0.0.0/8\"]\n\
+                    listen = [\"127.0.0.1:110\", { addr = \"0.0.0.0:10110\", proxy_protocol = true }]";
+        let c = parse(text).unwrap();
+        assert_eq!(c.listen[0], Listen::Addr("127.0.0.1:110".parse().unwrap()));
+        assert!(!c.listen[0].proxy_protocol());
+        assert_eq!(c.listen[1].addr(), "0.0.0.0:10110".parse().unwrap());
+        assert!(c.listen[1].proxy_protocol());
+        assert!(c.warnings().is_empty());
+        // The printed config reads back the same.
+        assert_eq!(parse(&c.to_toml()).unwrap().listen, c.listen);
+        let err = |text: &str| format!("{:#}", parse(text).unwrap_err());
+        assert!(
+            err("mail_root = \"/m/{user}\"\nlisten = [{ addr = \"127.0.0.1:1\", proxy = true }]").contains("proxy")
+        );
+        let lonely = parse("mail_root = \"/m/{user}\"\nlisten = [{ addr = \"127.0.0.1:1\", proxy_protocol = true }]");
+        assert!(lonely.unwrap().warnings().iter().any(|w| w.contains("proxy_trusted_networks")));
     }
 }

@@ -10,7 +10,14 @@ use crate::server::Kind;
 /// The `FileDescriptorName=` that marks an inherited socket as implicit TLS.
 pub const TLS_FD_NAME: &str = "pop3s";
 
-/// Listening sockets passed by systemd, if any, with their kind (named `pop3s` → TLS).
+/// The `FileDescriptorName=` of a plain socket whose connections start with a PROXY header.
+pub const PROXY_FD_NAME: &str = "pop3-proxy";
+
+/// The `FileDescriptorName=` of an implicit-TLS socket whose connections start with a PROXY header.
+pub const PROXY_TLS_FD_NAME: &str = "pop3s-proxy";
+
+/// Listening sockets passed by systemd, if any, with their kind (by name: `pop3s` → TLS,
+/// `pop3-proxy` / `pop3s-proxy` → the same behind a PROXY header; anything else → plain).
 pub fn inherited_listeners() -> anyhow::Result<Vec<(TcpListener, Kind)>> {
     let fds: Vec<(RawFd, String)> =
         sd_notify::listen_fds_with_names().context("cannot read LISTEN_FDS from systemd")?.collect();
@@ -20,7 +27,12 @@ pub fn inherited_listeners() -> anyhow::Result<Vec<(TcpListener, Kind)>> {
         // sd_notify); nothing else in the process owns them.
         let listener = unsafe { TcpListener::from_raw_fd(fd) };
         listener.set_nonblocking(true).context("inherited socket")?;
-        let kind = if name == TLS_FD_NAME { Kind::Tls } else { Kind::Plain };
+        let kind = match name.as_str() {
+            TLS_FD_NAME => Kind::Tls,
+            PROXY_FD_NAME => Kind::ProxyPlain,
+            PROXY_TLS_FD_NAME => Kind::ProxyTls,
+            _ => Kind::Plain,
+        };
         listeners.push((listener, kind));
     }
     Ok(listeners)

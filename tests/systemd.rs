@@ -112,6 +112,37 @@ fn activated_pop3s_socket_speaks_tls() {
 }
 
 #[test]
+fn activated_pop3_proxy_socket_wants_a_proxy_header() {
+    let fixture = Fixture::new("proxy_trusted_networks = [\"127.0.0.1/32\"]");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_dir, notify, socket) = notify_socket();
+    let mut child = spawn_activated(&fixture, &listener, "pop3-proxy", &notify);
+    drop(listener);
+    assert_eq!(receive(&socket), "READY=1\n");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        use tokio::io::AsyncWriteExt;
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"PROXY TCP4 192.0.2.7 127.0.0.1 4242 110\r\n").await.unwrap();
+        let mut c = Client::start(tcp).await;
+        // 192.0.2.7 is not loopback and not in plaintext_auth_networks: USER is refused, which
+        // the real peer (127.0.0.1) would have been allowed.
+        assert!(c.cmd("USER bob").await.starts_with("-ERR"), "the header's client address is used");
+        // Without a header the socket gives no greeting.
+        let mut bare = tokio::net::TcpStream::connect(addr).await.unwrap();
+        bare.write_all(b"CAPA\r\n").await.unwrap();
+        let mut got = Vec::new();
+        let _ =
+            tokio::time::timeout(Duration::from_secs(10), tokio::io::AsyncReadExt::read_to_end(&mut bare, &mut got))
+                .await;
+        assert!(got.is_empty(), "{got:?}");
+    });
+    stop(&mut child);
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
 fn root_drops_to_run_as_user() {
     let uid = std::fs::read_to_string("/proc/self/status")
         .unwrap()

@@ -113,15 +113,22 @@ pub enum Refusal {
     MaxConnections,
     /// `max_connections_per_ip` reached for the client's address.
     PerIp,
+    /// A PROXY listener was reached from outside `proxy_trusted_networks`.
+    UntrustedProxy,
+    /// A PROXY header was malformed, too long or late.
+    BadProxyHeader,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 2] = [Refusal::MaxConnections, Refusal::PerIp];
+    const ALL: [Refusal; 4] =
+        [Refusal::MaxConnections, Refusal::PerIp, Refusal::UntrustedProxy, Refusal::BadProxyHeader];
 
     fn label(self) -> &'static str {
         match self {
             Refusal::MaxConnections => "max_connections",
             Refusal::PerIp => "per_ip",
+            Refusal::UntrustedProxy => "untrusted_proxy",
+            Refusal::BadProxyHeader => "bad_proxy_header",
         }
     }
 }
@@ -186,7 +193,7 @@ pub struct Metrics {
     registry: Registry,
     sessions: [Gauge; 3],
     accepted: [Counter; 2],
-    refused: [Counter; 2],
+    refused: [Counter; 4],
     logins: [[Counter; 5]; 6],
     login_seconds: Histogram,
     throttle_delay_seconds: Histogram,

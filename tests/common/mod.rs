@@ -404,6 +404,10 @@ pub struct ServerProcess {
     pub tls_addr: Option<SocketAddr>,
     /// The `/metrics` endpoint, when `metrics_listen` is set.
     pub metrics_addr: Option<SocketAddr>,
+    /// The first plain listener with `proxy_protocol = true`, if any.
+    pub proxy_addr: Option<SocketAddr>,
+    /// The first POP3S listener with `proxy_protocol = true`, if any.
+    pub proxy_tls_addr: Option<SocketAddr>,
     /// Every line the process wrote to stderr so far (its log, `RUST_LOG=warn`).
     pub log: Arc<Mutex<Vec<String>>>,
 }
@@ -428,6 +432,7 @@ impl ServerProcess {
         let mut lines = StdBufReader::new(stderr).lines();
         let log = Arc::new(Mutex::new(Vec::new()));
         let (mut addr, mut tls_addr, mut metrics_addr) = (None, None, None);
+        let (mut proxy_addr, mut proxy_tls_addr) = (None, None);
         loop {
             let line = lines.next().expect("apopd exited before listening").expect("read stderr");
             log.lock().unwrap().push(line.clone());
@@ -437,6 +442,10 @@ impl ServerProcess {
                 tls_addr = tls_addr.or(Some(a.parse().expect("address")));
             } else if let Some(a) = line.strip_prefix("apopd: metrics on http://") {
                 metrics_addr = Some(a.trim_end_matches("/metrics").parse().expect("address"));
+            } else if let Some(a) = line.strip_prefix("apopd: POP3 (PROXY protocol) on ") {
+                proxy_addr = proxy_addr.or(Some(a.parse().expect("address")));
+            } else if let Some(a) = line.strip_prefix("apopd: POP3S (PROXY protocol) on ") {
+                proxy_tls_addr = proxy_tls_addr.or(Some(a.parse().expect("address")));
             } else if line == "apopd: ready" {
                 break;
             }
@@ -444,7 +453,8 @@ impl ServerProcess {
         // Keep draining stderr so the child never blocks on a full pipe; keep what it says.
         let kept = log.clone();
         std::thread::spawn(move || lines.map_while(Result::ok).for_each(|line| kept.lock().unwrap().push(line)));
-        ServerProcess { child, addr: addr.expect("a plain listener"), tls_addr, metrics_addr, log }
+        let addr = addr.expect("a plain listener");
+        ServerProcess { child, addr, tls_addr, metrics_addr, proxy_addr, proxy_tls_addr, log }
     }
 
     /// The process id.

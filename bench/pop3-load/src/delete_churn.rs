@@ -51,6 +51,10 @@ pub struct Opts {
     /// Hard limit for the whole run.
     #[arg(long, default_value_t = 120.0)]
     seconds: f64,
+    /// Another node serving the same mailboxes (repeatable): each client's sessions go to
+    /// --addr and these in turn, so consecutive sessions on a mailbox hit different nodes.
+    #[arg(long = "also-addr")]
+    also_addr: Vec<std::net::SocketAddr>,
 }
 
 #[derive(Clone)]
@@ -86,6 +90,11 @@ impl Shared {
 
 pub async fn run(o: Opts) -> anyhow::Result<bool> {
     client::check_loopback(&o.target.addr)?;
+    for addr in &o.also_addr {
+        client::check_loopback(addr)?;
+    }
+    let addrs: Arc<Vec<std::net::SocketAddr>> =
+        Arc::new(std::iter::once(o.target.addr).chain(o.also_addr.iter().copied()).collect());
     let delivery = match (&o.deliver_cmd, &o.maildir_root) {
         (Some(cmd), _) => {
             let argv: Vec<String> = cmd.split_ascii_whitespace().map(str::to_owned).collect();
@@ -156,8 +165,9 @@ pub async fn run(o: Opts) -> anyhow::Result<bool> {
     let mut consumers = Vec::new();
     for i in 0..clients {
         let owned: Vec<String> = users.iter().skip(i).step_by(clients).cloned().collect();
-        let (shared, auth, target) = (Arc::clone(&shared), Arc::clone(&auth), o.target.clone());
-        consumers.push(tokio::spawn(async move { consume(&target, &owned, &auth, &shared, deadline).await }));
+        let (shared, auth, target, addrs) = (Arc::clone(&shared), Arc::clone(&auth), o.target.clone(), addrs.clone());
+        consumers
+            .push(tokio::spawn(async move { consume(&target, &addrs, i, &owned, &auth, &shared, deadline).await }));
     }
     let mut sessions = 0u64;
     for c in consumers {
@@ -192,7 +202,7 @@ pub async fn run(o: Opts) -> anyhow::Result<bool> {
     let notes = shared.notes.lock().map(|n| n.clone()).unwrap_or_default();
     let ok = lost == 0 && duplicated == 0 && unexpected == 0 && mismatches == 0 && failures == 0 && delivered == total;
     let mut r = Report::new("delete-churn");
-    r.str("addr", o.target.addr.to_string())
+    r.str("addr", addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(","))
         .str("delivery", if o.deliver_cmd.is_some() { "command" } else { "rename" })
         .int("users", users.len())
         .int("clients", clients)
@@ -269,8 +279,17 @@ fn deliver(delivery: &Delivery, user: &str, seq: u64, message: &[u8], limit: Dur
 
 /// One consumer: passes over its users until the generator is done and a whole pass that
 /// began after that found nothing, or the deadline. Returns the committed sessions.
-async fn consume(target: &Target, owned: &[String], auth: &Auth, shared: &Shared, deadline: Instant) -> u64 {
+async fn consume(
+    target: &Target,
+    addrs: &[std::net::SocketAddr],
+    client: usize,
+    owned: &[String],
+    auth: &Auth,
+    shared: &Shared,
+    deadline: Instant,
+) -> u64 {
     let mut sessions = 0u64;
+    let mut turn = client;
     // A pass per iteration; bounded by the deadline and by this count.
     for _ in 0..10_000_000u64 {
         if Instant::now() >= deadline {
@@ -283,7 +302,9 @@ async fn consume(target: &Target, owned: &[String], auth: &Auth, shared: &Shared
                 found += 1;
                 break;
             }
-            match drain_once(target, user, auth, shared).await {
+            let addr = addrs[turn % addrs.len()];
+            turn += 1;
+            match drain_once(target, addr, user, auth, shared).await {
                 Ok(n) => {
                     found += n;
                     sessions += 1;
@@ -307,8 +328,14 @@ async fn consume(target: &Target, owned: &[String], auth: &Auth, shared: &Shared
 }
 
 /// One session: RETR and DELE everything, QUIT. Retrievals count only once QUIT says +OK.
-async fn drain_once(target: &Target, user: &str, auth: &Auth, shared: &Shared) -> anyhow::Result<u64> {
-    let mut conn = client::session(target.addr, user, auth, target.op_timeout()).await?;
+async fn drain_once(
+    target: &Target,
+    addr: std::net::SocketAddr,
+    user: &str,
+    auth: &Auth,
+    shared: &Shared,
+) -> anyhow::Result<u64> {
+    let mut conn = client::session(addr, user, auth, target.op_timeout()).await?;
     let list = conn.list().await?;
     let mut got = Vec::with_capacity(list.len());
     for (n, size) in &list {

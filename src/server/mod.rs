@@ -1,5 +1,7 @@
 //! Listeners, the connection limits, graceful shutdown and the SIGHUP reload; the state
-//! sessions share lives in [`crate::shared`].
+//! sessions share lives in [`crate::shared`]; PROXY protocol headers in [`proxy`].
+
+pub mod proxy;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,8 +11,9 @@ use anyhow::Context;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
-use crate::config::Config;
+use crate::config::{Config, Listen};
 use crate::i18n::Key;
 use crate::metrics::{self, Handshake, HandshakeResult, Refusal};
 use crate::protocol::response;
@@ -18,13 +21,40 @@ use crate::session;
 use crate::shared::{IpSlot, Shared};
 use crate::tls::Tls;
 
-/// Whether a listener speaks TLS from the first byte (POP3S).
+/// Whether a listener speaks TLS from the first byte (POP3S), and whether a PROXY header
+/// comes before anything else.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     /// Plain POP3, with STLS when a certificate is configured.
     Plain,
     /// Implicit TLS (RFC 8314).
     Tls,
+    /// Plain POP3 behind a proxy: a PROXY header first.
+    ProxyPlain,
+    /// Implicit TLS behind a proxy: a PROXY header, then the TLS handshake.
+    ProxyTls,
+}
+
+impl Kind {
+    /// The kind of a configured listener.
+    fn of(listen: &Listen, tls: bool) -> Kind {
+        match (tls, listen.proxy_protocol()) {
+            (false, false) => Kind::Plain,
+            (true, false) => Kind::Tls,
+            (false, true) => Kind::ProxyPlain,
+            (true, true) => Kind::ProxyTls,
+        }
+    }
+
+    /// Whether the connection starts with a TLS handshake (after any PROXY header).
+    pub fn tls(self) -> bool {
+        matches!(self, Kind::Tls | Kind::ProxyTls)
+    }
+
+    /// Whether the connection starts with a PROXY header.
+    pub fn proxy(self) -> bool {
+        matches!(self, Kind::ProxyPlain | Kind::ProxyTls)
+    }
 }
 
 /// Bound listeners, ready to serve.
@@ -42,11 +72,11 @@ impl Server {
     pub fn bind(config: Config) -> anyhow::Result<Server> {
         let shared = Arc::new(Shared::new(config)?);
         let config = &shared.config;
-        let wanted =
-            config.listen.iter().map(|a| (a, Kind::Plain)).chain(config.listen_tls.iter().map(|a| (a, Kind::Tls)));
+        let wanted = config.listen.iter().map(|l| (l, false)).chain(config.listen_tls.iter().map(|l| (l, true)));
         let mut listeners = Vec::new();
-        for (addr, kind) in wanted {
-            let listener = bind_socket(*addr).with_context(|| format!("cannot listen on {addr}"))?;
+        for (listen, tls) in wanted {
+            let (addr, kind) = (listen.addr(), Kind::of(listen, tls));
+            let listener = bind_socket(addr).with_context(|| format!("cannot listen on {addr}"))?;
             listeners.push((listener, kind));
         }
         let metrics = bind_metrics(config)?;
@@ -56,7 +86,7 @@ impl Server {
     /// Serve on sockets bound by someone else (systemd socket activation) instead of the config's.
     pub fn with_listeners(config: Config, listeners: Vec<(std::net::TcpListener, Kind)>) -> anyhow::Result<Server> {
         let shared = Arc::new(Shared::new(config)?);
-        if shared.tls.is_none() && listeners.iter().any(|(_, kind)| *kind == Kind::Tls) {
+        if shared.tls.is_none() && listeners.iter().any(|(_, kind)| kind.tls()) {
             anyhow::bail!("a pop3s socket was passed in but tls_cert/tls_key are not configured");
         }
         let metrics = bind_metrics(&shared.config)?;
@@ -172,12 +202,23 @@ async fn accept_loop(listener: TcpListener, kind: Kind, shared: Arc<Shared>, lim
             }
         };
         let _ = stream.set_nodelay(true);
+        if kind.proxy() && !shared.config.proxy_trusted(peer.ip()) {
+            // Not a proxy we trust: no greeting, nothing read (its header would be a lie).
+            tracing::warn!(%peer, "PROXY listener: connection from outside proxy_trusted_networks; closing");
+            shared.metrics.refused(Refusal::UntrustedProxy);
+            continue;
+        }
         let (why, key, reason) = match limit.clone().try_acquire_owned() {
             Err(_) => ("too many connections", Key::TooManyConnections, Refusal::MaxConnections),
+            // Behind a proxy the per-IP slot is the client's: taken once the header is read.
+            Ok(permit) if kind.proxy() => {
+                tokio::spawn(serve_proxied(stream, peer, kind, shared.clone(), permit));
+                continue;
+            }
             Ok(permit) => match shared.admit(peer.ip()) {
                 None => ("too many connections from your address", Key::TooManyConnectionsIp, Refusal::PerIp),
                 Some(slot) => {
-                    shared.metrics.accepted(kind == Kind::Tls);
+                    shared.metrics.accepted(kind.tls());
                     tokio::spawn(serve_connection(stream, peer, kind, shared.clone(), permit, slot));
                     continue;
                 }
@@ -188,9 +229,52 @@ async fn accept_loop(listener: TcpListener, kind: Kind, shared: Arc<Shared>, lim
         if let Ok(refusal) = refusals.clone().try_acquire_owned() {
             let shared = shared.clone();
             tokio::spawn(async move {
-                refuse(stream, kind, shared, key).await;
+                if kind.proxy() {
+                    // The answer goes after the header, or the proxy's client sees garbage.
+                    let mut stream = stream;
+                    if proxy::read_header(&mut stream).await.is_ok() {
+                        refuse(stream, kind, shared, key).await;
+                    }
+                } else {
+                    refuse(stream, kind, shared, key).await;
+                }
                 drop(refusal);
             });
+        }
+    }
+}
+
+/// A connection on a PROXY listener: the header first (bounded in size and time), then the
+/// client's address is the peer for everything (per-IP limit, throttle, plaintext policy, logs);
+/// the proxy's own address is logged as `via`.
+async fn serve_proxied(
+    mut stream: TcpStream,
+    proxy_addr: SocketAddr,
+    kind: Kind,
+    shared: Arc<Shared>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let client = match proxy::read_header(&mut stream).await {
+        Ok(proxy::Origin::Client(client)) => client,
+        Ok(proxy::Origin::Local) => proxy_addr,
+        Err(e) => {
+            tracing::warn!(peer = %proxy_addr, "{e}; closing");
+            shared.metrics.refused(Refusal::BadProxyHeader);
+            return;
+        }
+    };
+    // At WARN level so the proxy's address prefixes even the warnings a `RUST_LOG=warn` server
+    // prints (the session's own span is INFO).
+    let span = tracing::warn_span!("proxy", via = %proxy_addr);
+    match shared.admit(client.ip()) {
+        Some(slot) => {
+            shared.metrics.accepted(kind.tls());
+            serve_connection(stream, client, kind, shared, permit, slot).instrument(span).await
+        }
+        None => {
+            tracing::warn!(parent: &span, peer = %client, "too many connections from your address; refusing");
+            shared.metrics.refused(Refusal::PerIp);
+            refuse(stream, kind, shared, Key::TooManyConnectionsIp).instrument(span).await;
         }
     }
 }
@@ -204,8 +288,8 @@ async fn serve_connection(
     permit: tokio::sync::OwnedSemaphorePermit,
     slot: IpSlot,
 ) {
-    match (kind, shared.tls.as_ref()) {
-        (Kind::Tls, Some(tls)) => {
+    match (kind.tls(), shared.tls.as_ref()) {
+        (true, Some(tls)) => {
             let handshake = tokio::time::timeout(session::HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream));
             let handshake = handshake.await;
             shared.metrics.handshake(Handshake::Implicit, HandshakeResult::of(&handshake));
@@ -225,8 +309,8 @@ async fn serve_connection(
 async fn refuse(stream: TcpStream, kind: Kind, shared: Arc<Shared>, why: Key) {
     let reply = response::err(shared.default_texts().get(why));
     let work = async {
-        match (kind, shared.tls.as_ref()) {
-            (Kind::Tls, Some(tls)) => {
+        match (kind.tls(), shared.tls.as_ref()) {
+            (true, Some(tls)) => {
                 let mut stream = tls.acceptor().accept(stream).await?;
                 stream.write_all(&reply).await?;
                 stream.shutdown().await
