@@ -4,6 +4,7 @@ use std::time::Instant;
 
 use super::transaction::Transaction;
 use super::{Context, Outcome};
+use crate::auth::Checked;
 use crate::auth::sasl::{self, Exchange, Mechanism, Step};
 use crate::protocol::Command;
 use crate::protocol::response::{count as count_of, err, multi_line, ok};
@@ -76,7 +77,7 @@ impl Authorization {
                 if let Some(refusal) = throttled(cx) {
                     return refusal;
                 }
-                let accepted = cx.shared.auth.check_apop(&name, &cx.timestamp, &digest);
+                let accepted = cx.shared.auth.check_apop(&name, &cx.timestamp, &digest).await;
                 login(cx, name, accepted, "APOP").await
             }
             Command::Stls if cx.secure => Outcome::Reply(err("already using TLS")),
@@ -148,8 +149,8 @@ impl Authorization {
                 let accepted = cx.shared.auth.check_password(&user, password).await;
                 login(cx, user, accepted, method).await
             }
-            Step::Authenticated { user } => login(cx, user, true, method).await,
-            Step::Failed { user } => login(cx, user.unwrap_or_default(), false, method).await,
+            Step::Authenticated { user } => login(cx, user, Ok(true), method).await,
+            Step::Failed { user } => login(cx, user.unwrap_or_default(), Ok(false), method).await,
             Step::Malformed(why) => Outcome::Reply(err(why)),
         }
     }
@@ -166,7 +167,15 @@ fn throttled(cx: &Context) -> Option<Outcome> {
 }
 
 /// Finish a login attempt: delay failures, enforce LOGIN-DELAY, lock and open the mailbox.
-async fn login(cx: &Context, user: String, accepted: bool, method: &str) -> Outcome {
+/// A backend that could not answer is a temporary error, not a failed login.
+async fn login(cx: &Context, user: String, accepted: Checked, method: &str) -> Outcome {
+    let accepted = match accepted {
+        Ok(accepted) => accepted,
+        Err(e) => {
+            tracing::error!(peer = %cx.peer.ip(), user = ?user, method, "cannot check credentials: {e}");
+            return Outcome::Reply(err("[SYS/TEMP] cannot check credentials now; try again later"));
+        }
+    };
     if !accepted {
         // fail2ban matches this line: keep "authentication failed peer=<ip>" stable.
         tracing::warn!(peer = %cx.peer.ip(), user = ?user, method, "authentication failed");

@@ -115,8 +115,7 @@ where
     async move {
         // RFC 1939 §7: a timestamp in the greeting announces APOP; without secrets there is none,
         // and clients such as curl would otherwise try APOP and never fall back.
-        let timestamp =
-            if shared.config.apop_secrets_file.is_some() { shared.timestamps.next() } else { String::new() };
+        let timestamp = if shared.config.apop_enabled() { shared.timestamps.next() } else { String::new() };
         let context = Context { timestamp, shared, peer, secure };
         let core = Core { context, state: State::Authorization(Default::default()), errors_in_a_row: 0 };
         let (result, core, stream) = run_on(core, stream, true).await;

@@ -1,0 +1,313 @@
+//! Accounts in PostgreSQL, against a real server: a throw-away cluster (`initdb`, `pg_ctl`)
+//! in a temp dir on a loopback port, with the schema SQL taken from docs/scaling-postgres.md.
+//! USER/PASS, APOP and AUTH PLAIN against rows; the database stopped mid-test (`[SYS/TEMP]`,
+//! not "wrong password") and started again; `apopd user add/passwd/del/list` on the table.
+
+mod common;
+
+use std::io::Write;
+
+use base64::Engine;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{ALICE_APOP_SECRET, ALICE_PASSWORD, Fixture, TestServer, have_program};
+
+const APOPD: &str = env!("CARGO_BIN_EXE_apopd");
+/// The one answer to a wrong password or an unknown user.
+const AUTH_FAILED: &str = "-ERR [AUTH] invalid user name or password";
+/// `doveadm pw -s SHA512-CRYPT -p 'Correct horse 1'` (as in tests/password_import.rs).
+const SHA512_CRYPT: &str = "{SHA512-CRYPT}$6$Y4fV12nju8nptiQx$P94N3wz.7edef5QKapCzYinPWWRyQelALSzfO6YQ7qbVbUlaj9t9JtI3OCw49B7Uzj5qctsDX9KFc0XeJmZJX1";
+const SHA512_PASSWORD: &str = "Correct horse 1";
+/// The failed-login delay in these tests: a `[SYS/TEMP]` must come back faster.
+const FAILURE_DELAY_MS: u64 = 800;
+
+/// The directory of `initdb` and `pg_ctl`: Debian keeps them out of PATH, under
+/// /usr/lib/postgresql/<version>/bin. `None` (with the usual skip line, or a failure under
+/// APOPD_REQUIRE_EXTERNAL) when PostgreSQL is not installed.
+fn postgres_bin() -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path().join("bin"))
+        .filter(|bin| bin.join("initdb").is_file() && bin.join("pg_ctl").is_file())
+        .collect();
+    dirs.sort();
+    if let Some(newest) = dirs.pop() {
+        return Some(newest);
+    }
+    // Elsewhere they may be on PATH; have_program prints the skip line (or fails in CI).
+    have_program("initdb", "postgresql").then(|| PathBuf::from(""))
+}
+
+/// A free loopback port (bound and released: a tiny race, fine for a test).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// A throw-away cluster; stopped (immediately) when dropped.
+struct Cluster {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+}
+
+impl Cluster {
+    /// initdb (trust auth, user `postgres`) and start on a free loopback port.
+    fn start(bin: PathBuf) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cluster = Cluster { dir, bin, port: free_port() };
+        if nix::unistd::geteuid().is_root() {
+            // initdb and postgres refuse to run as root: the cluster belongs to nobody.
+            let nobody = nix::unistd::User::from_name("nobody").expect("getpwnam").expect("user nobody");
+            nix::unistd::chown(cluster.dir.path(), Some(nobody.uid), Some(nobody.gid)).expect("chown");
+        }
+        let data = cluster.data();
+        cluster.run("initdb", &["-D", &data, "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"]);
+        cluster.pg_start();
+        cluster
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    /// Run a PostgreSQL program (as nobody when we are root); panics with its output on failure.
+    fn run(&self, program: &str, args: &[&str]) -> Output {
+        let path = self.bin.join(program);
+        let mut command = if nix::unistd::geteuid().is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "nobody", "--"]).arg(&path);
+            c
+        } else {
+            Command::new(&path)
+        };
+        let out = command.args(args).current_dir(self.dir.path()).stdin(Stdio::null()).output().expect(program);
+        assert!(
+            out.status.success(),
+            "{program} {args:?}: {}\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn pg_start(&self) {
+        let options =
+            format!("-k {} -p {} -c listen_addresses=127.0.0.1 -c fsync=off", self.dir.path().display(), self.port);
+        let log = self.dir.path().join("server.log").display().to_string();
+        self.run("pg_ctl", &["-D", &self.data(), "-l", &log, "-w", "-t", "30", "-o", &options, "start"]);
+    }
+
+    fn pg_stop(&self) {
+        self.run("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "stop"]);
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// A fixture whose config keeps the accounts in this cluster.
+    fn fixture(&self, extra: &str) -> Fixture {
+        Fixture::new(&format!(
+            "auth_failure_delay_ms = {FAILURE_DELAY_MS}\n{extra}\n[users]\nbackend = \"postgres\"\nurl = \"{}\"\ntimeout_ms = 1500\n",
+            self.url()
+        ))
+    }
+
+    /// Run SQL statements (the documented schema, test rows).
+    async fn sql(&self, statements: &str) {
+        let (client, connection) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls).await.expect("connect");
+        let driver = tokio::spawn(connection);
+        client.batch_execute(statements).await.expect("sql");
+        drop(client);
+        let _ = driver.await;
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let mut command = if nix::unistd::geteuid().is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "nobody", "--"]).arg(self.bin.join("pg_ctl"));
+            c
+        } else {
+            Command::new(self.bin.join("pg_ctl"))
+        };
+        let _ = command.args(["-D", &self.data(), "-m", "immediate", "-w", "stop"]).stderr(Stdio::null()).output();
+    }
+}
+
+/// The `CREATE TABLE` block of docs/scaling-postgres.md: the test proves the documented schema.
+fn documented_schema() -> String {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/scaling-postgres.md")).expect("doc");
+    let start = doc.find("```sql\n").expect("a ```sql block in docs/scaling-postgres.md") + "```sql\n".len();
+    let end = doc[start..].find("```").expect("end of the sql block") + start;
+    doc[start..end].to_owned()
+}
+
+/// An argon2id hash of `password`, as `apopd user add` stores it.
+fn argon2(password: &str) -> String {
+    apopd::auth::password::hash(password.as_bytes()).expect("hash")
+}
+
+/// The `apopd user …` command with `stdin`.
+fn apopd(args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(APOPD)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run apopd");
+    let _ = child.stdin.take().expect("stdin").write_all(stdin.as_bytes());
+    child.wait_with_output().expect("wait")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+async fn login_time(server: &TestServer, user: &str, password: &str) -> (String, Duration) {
+    let mut client = server.connect().await;
+    let started = Instant::now();
+    let reply = client.login(user, password).await;
+    let took = started.elapsed();
+    if reply.starts_with("+OK") {
+        // Release the mailbox lock before the next login of the same user.
+        let bye = client.cmd("QUIT").await;
+        assert!(bye.starts_with("+OK"), "{bye}");
+    }
+    (reply, took)
+}
+
+/// QUIT a logged-in session, so its mailbox lock is gone before the next login.
+async fn quit(client: &mut common::Client) {
+    let bye = client.cmd("QUIT").await;
+    assert!(bye.starts_with("+OK"), "{bye}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_against_rows_survive_a_database_outage() {
+    let Some(bin) = postgres_bin() else { return };
+    let cluster = Cluster::start(bin);
+    let schema = documented_schema();
+    let rows = format!(
+        "INSERT INTO pop3_users (name, password, apop_secret) VALUES ('alice', '{}', '{ALICE_APOP_SECRET}');
+         INSERT INTO pop3_users (name, password) VALUES ('bob', '{SHA512_CRYPT}');",
+        argon2(ALICE_PASSWORD)
+    );
+    cluster.sql(&format!("{schema}\n{rows}")).await;
+    let server = TestServer::start_on(cluster.fixture("")).await;
+
+    // USER/PASS (bare argon2id), APOP (secret column) and AUTH PLAIN ({SHA512-CRYPT} row).
+    let (reply, _) = login_time(&server, "alice", ALICE_PASSWORD).await;
+    assert!(reply.starts_with("+OK"), "{reply}");
+    let mut client = server.connect().await;
+    let reply = client.apop("alice", ALICE_APOP_SECRET).await;
+    assert!(reply.starts_with("+OK"), "APOP: {reply}");
+    quit(&mut client).await;
+    let mut client = server.connect().await;
+    let plain = base64::engine::general_purpose::STANDARD.encode(format!("\0bob\0{SHA512_PASSWORD}"));
+    let reply = client.cmd(&format!("AUTH PLAIN {plain}")).await;
+    assert!(reply.starts_with("+OK"), "AUTH PLAIN: {reply}");
+    quit(&mut client).await;
+
+    // Wrong password and unknown user: one answer, after the failure delay.
+    for (user, password) in [("alice", "wrong"), ("nobody-here", ALICE_PASSWORD), ("bob", "wrong")] {
+        let (reply, took) = login_time(&server, user, password).await;
+        assert_eq!(reply, AUTH_FAILED, "{user}");
+        assert!(took >= Duration::from_millis(FAILURE_DELAY_MS), "{user}: {took:?}");
+    }
+    let mut client = server.connect().await;
+    assert_eq!(client.apop("nobody-here", ALICE_APOP_SECRET).await, AUTH_FAILED);
+
+    // Database down: a temporary error, quickly, with no failure delay; never "wrong password".
+    cluster.pg_stop();
+    for _ in 0..2 {
+        let (reply, took) = login_time(&server, "alice", ALICE_PASSWORD).await;
+        assert!(reply.starts_with("-ERR [SYS/TEMP]"), "{reply}");
+        assert!(took < Duration::from_millis(FAILURE_DELAY_MS), "{took:?}");
+    }
+    let mut client = server.connect().await;
+    let reply = client.apop("alice", ALICE_APOP_SECRET).await;
+    assert!(reply.starts_with("-ERR [SYS/TEMP]"), "APOP: {reply}");
+
+    // Back up: the pool reconnects, the very next login works.
+    cluster.pg_start();
+    let (reply, _) = login_time(&server, "alice", ALICE_PASSWORD).await;
+    assert!(reply.starts_with("+OK"), "after restart: {reply}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_database_times_out_with_sys_temp() {
+    // A "database" that accepts connections and never answers: the bounded timeout must end it.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let held = std::thread::spawn(move || listener.incoming().take(4).flatten().collect::<Vec<_>>());
+    let extra = format!(
+        "auth_failure_delay_ms = {FAILURE_DELAY_MS}\n[users]\nbackend = \"postgres\"\nurl = \"postgres://apopd@127.0.0.1:{port}/mail\"\ntimeout_ms = 300\n"
+    );
+    let server = TestServer::start_on(Fixture::new(&extra)).await;
+    let (reply, took) = login_time(&server, "alice", ALICE_PASSWORD).await;
+    assert!(reply.starts_with("-ERR [SYS/TEMP]"), "{reply}");
+    assert!(took >= Duration::from_millis(300) && took < Duration::from_millis(FAILURE_DELAY_MS), "{took:?}");
+    drop(server);
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_commands_manage_rows() {
+    let Some(bin) = postgres_bin() else { return };
+    let cluster = Cluster::start(bin);
+    cluster.sql(&documented_schema()).await;
+    let fixture = cluster.fixture("");
+    for sub in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(fixture.maildir("carol").join(sub)).expect("carol's maildir");
+    }
+    let config = fixture.config_path.display().to_string();
+    let ok = |out: Output, what: &str| {
+        assert!(out.status.success(), "{what}: {}{}", text(&out.stdout), text(&out.stderr));
+        text(&out.stdout)
+    };
+
+    assert_eq!(
+        ok(apopd(&["user", "add", "carol", "--apop", "-c", &config], "first\nsesame\n"), "add"),
+        "added carol\n"
+    );
+    let again = apopd(&["user", "add", "carol", "-c", &config], "x\n");
+    assert!(!again.status.success() && text(&again.stderr).contains("exists"), "{}", text(&again.stderr));
+    assert_eq!(ok(apopd(&["user", "add", "dave", "-c", &config], "pw\n"), "add dave"), "added dave\n");
+    assert_eq!(ok(apopd(&["user", "list", "-c", &config], ""), "list"), "carol password,apop\ndave password\n");
+
+    let server = TestServer::start_on(fixture).await;
+    let (reply, _) = login_time(&server, "carol", "first").await;
+    assert!(reply.starts_with("+OK"), "the password written by user add: {reply}");
+
+    assert_eq!(ok(apopd(&["user", "passwd", "carol", "-c", &config], "second\n"), "passwd"), "updated carol\n");
+    assert_eq!(login_time(&server, "carol", "first").await.0, AUTH_FAILED);
+    let (reply, _) = login_time(&server, "carol", "second").await;
+    assert!(reply.starts_with("+OK"), "after passwd: {reply}");
+    let missing = apopd(&["user", "passwd", "erin", "-c", &config], "x\n");
+    assert!(!missing.status.success() && text(&missing.stderr).contains("no such user"), "{}", text(&missing.stderr));
+
+    assert!(ok(apopd(&["user", "del", "carol", "-c", &config], ""), "del").starts_with("removed carol"));
+    assert_eq!(ok(apopd(&["user", "list", "-c", &config], ""), "list"), "dave password\n");
+    assert_eq!(login_time(&server, "carol", "second").await.0, AUTH_FAILED);
+    let gone = apopd(&["user", "del", "carol", "-c", &config], "");
+    assert!(!gone.status.success() && text(&gone.stderr).contains("no such user"), "{}", text(&gone.stderr));
+
+    // check-config connects and runs both queries.
+    ok(apopd(&["check-config", "-c", &config], ""), "check-config");
+
+    // The database down: the CLI says so and fails, it does not pretend.
+    cluster.pg_stop();
+    let down = apopd(&["user", "list", "-c", &config], "");
+    assert!(!down.status.success() && text(&down.stderr).contains("cannot connect"), "{}", text(&down.stderr));
+    let down = apopd(&["check-config", "-c", &config], "");
+    assert!(!down.status.success() && text(&down.stderr).contains("unavailable"), "{}", text(&down.stderr));
+}
