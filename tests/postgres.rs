@@ -6,6 +6,7 @@
 mod common;
 
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 
 use base64::Engine;
 use std::net::TcpListener;
@@ -53,21 +54,57 @@ struct Cluster {
     dir: tempfile::TempDir,
     bin: PathBuf,
     port: u16,
+    /// TLS on, and TCP clients must use it (`hostssl` only).
+    tls: bool,
 }
 
 impl Cluster {
     /// initdb (trust auth, user `postgres`) and start on a free loopback port.
     fn start(bin: PathBuf) -> Cluster {
+        let cluster = Cluster::init(bin, false);
+        cluster.pg_start();
+        cluster
+    }
+
+    /// Like `start`, with TLS from `server.pem`/`server.key` (a certificate for 127.0.0.1
+    /// that `ca` signed, returned as PEM) and plaintext TCP refused by pg_hba.conf.
+    fn start_tls(bin: PathBuf) -> (Cluster, String) {
+        let cluster = Cluster::init(bin, true);
+        let (ca_key, leaf_key) = (rcgen::KeyPair::generate().unwrap(), rcgen::KeyPair::generate().unwrap());
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap().signed_by(&leaf_key, &issuer);
+        let data = cluster.dir.path().join("data");
+        std::fs::write(data.join("server.pem"), leaf.unwrap().pem()).unwrap();
+        std::fs::write(data.join("server.key"), leaf_key.serialize_pem()).unwrap();
+        std::fs::write(data.join("pg_hba.conf"), "local all all trust\nhostssl all all 127.0.0.1/32 trust\n").unwrap();
+        if let Some(nobody) = Cluster::nobody() {
+            for file in ["server.pem", "server.key", "pg_hba.conf"] {
+                nix::unistd::chown(&data.join(file), Some(nobody.uid), Some(nobody.gid)).unwrap();
+            }
+        }
+        std::fs::set_permissions(data.join("server.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        cluster.pg_start();
+        (cluster, ca.pem())
+    }
+
+    /// The account the cluster runs as when we are root (initdb refuses root).
+    fn nobody() -> Option<nix::unistd::User> {
+        nix::unistd::geteuid()
+            .is_root()
+            .then(|| nix::unistd::User::from_name("nobody").expect("getpwnam").expect("user nobody"))
+    }
+
+    fn init(bin: PathBuf, tls: bool) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let cluster = Cluster { dir, bin, port: free_port() };
-        if nix::unistd::geteuid().is_root() {
-            // initdb and postgres refuse to run as root: the cluster belongs to nobody.
-            let nobody = nix::unistd::User::from_name("nobody").expect("getpwnam").expect("user nobody");
+        let cluster = Cluster { dir, bin, port: free_port(), tls };
+        if let Some(nobody) = Cluster::nobody() {
             nix::unistd::chown(cluster.dir.path(), Some(nobody.uid), Some(nobody.gid)).expect("chown");
         }
         let data = cluster.data();
         cluster.run("initdb", &["-D", &data, "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"]);
-        cluster.pg_start();
         cluster
     }
 
@@ -78,7 +115,7 @@ impl Cluster {
     /// Run a PostgreSQL program (as nobody when we are root); panics with its output on failure.
     fn run(&self, program: &str, args: &[&str]) -> Output {
         let path = self.bin.join(program);
-        let mut command = if nix::unistd::geteuid().is_root() {
+        let mut command = if Cluster::nobody().is_some() {
             let mut c = Command::new("runuser");
             c.args(["-u", "nobody", "--"]).arg(&path);
             c
@@ -97,8 +134,11 @@ impl Cluster {
     }
 
     fn pg_start(&self) {
-        let options =
+        let mut options =
             format!("-k {} -p {} -c listen_addresses=127.0.0.1 -c fsync=off", self.dir.path().display(), self.port);
+        if self.tls {
+            options.push_str(" -c ssl=on -c ssl_cert_file=server.pem -c ssl_key_file=server.key");
+        }
         let log = self.dir.path().join("server.log").display().to_string();
         self.run("pg_ctl", &["-D", &self.data(), "-l", &log, "-w", "-t", "30", "-o", &options, "start"]);
     }
@@ -119,9 +159,10 @@ impl Cluster {
         ))
     }
 
-    /// Run SQL statements (the documented schema, test rows).
+    /// Run SQL statements (the documented schema, test rows), over the Unix socket.
     async fn sql(&self, statements: &str) {
-        let (client, connection) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls).await.expect("connect");
+        let socket = format!("host={} port={} user=postgres dbname=postgres", self.dir.path().display(), self.port);
+        let (client, connection) = tokio_postgres::connect(&socket, tokio_postgres::NoTls).await.expect("connect");
         let driver = tokio::spawn(connection);
         client.batch_execute(statements).await.expect("sql");
         drop(client);
@@ -131,7 +172,7 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let mut command = if nix::unistd::geteuid().is_root() {
+        let mut command = if Cluster::nobody().is_some() {
             let mut c = Command::new("runuser");
             c.args(["-u", "nobody", "--"]).arg(self.bin.join("pg_ctl"));
             c
@@ -310,4 +351,43 @@ async fn user_commands_manage_rows() {
     assert!(!down.status.success() && text(&down.stderr).contains("cannot connect"), "{}", text(&down.stderr));
     let down = apopd(&["check-config", "-c", &config], "");
     assert!(!down.status.success() && text(&down.stderr).contains("unavailable"), "{}", text(&down.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sslmode_require_logs_in_over_verified_tls() {
+    let Some(bin) = postgres_bin() else { return };
+    let (cluster, ca_pem) = Cluster::start_tls(bin);
+    let rows = format!(
+        "{}\nINSERT INTO pop3_users (name, password) VALUES ('alice', '{}');",
+        documented_schema(),
+        argon2(ALICE_PASSWORD)
+    );
+    cluster.sql(&rows).await;
+    let tls = |ca: &str| {
+        let fixture = Fixture::new(&format!(
+            "auth_failure_delay_ms = {FAILURE_DELAY_MS}\n[users]\nbackend = \"postgres\"\nca_file = \"db-ca.pem\"\n\
+             url = \"postgres://postgres@127.0.0.1:{}/postgres?sslmode=require\"\n",
+            cluster.port
+        ));
+        std::fs::write(fixture.dir.path().join("db-ca.pem"), ca).unwrap();
+        fixture
+    };
+
+    // pg_hba.conf allows TCP only with TLS: this login proves apopd used it.
+    let server = TestServer::start_on(tls(&ca_pem)).await;
+    let (reply, _) = login_time(&server, "alice", ALICE_PASSWORD).await;
+    if !reply.starts_with("+OK") {
+        let why = apopd(&["check-config", "-c", &server.fixture.config_path.display().to_string()], "");
+        panic!("over TLS: {reply}\ncheck-config says: {}", text(&why.stderr));
+    }
+    drop(server);
+
+    // Without sslmode=require the same server refuses us; and a CA that did not sign the
+    // database's certificate fails verification: both are [SYS/TEMP], not a wrong password.
+    let plain = TestServer::start_on(cluster.fixture("")).await;
+    assert!(login_time(&plain, "alice", ALICE_PASSWORD).await.0.starts_with("-ERR [SYS/TEMP]"));
+    drop(plain);
+    let other_ca = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap().cert.pem();
+    let wrong_ca = TestServer::start_on(tls(&other_ca)).await;
+    assert!(login_time(&wrong_ca, "alice", ALICE_PASSWORD).await.0.starts_with("-ERR [SYS/TEMP]"));
 }
