@@ -178,7 +178,12 @@ pub fn redact_url(url: &str) -> String {
     let lower = out.to_ascii_lowercase();
     if let Some(start) = lower.find("password=") {
         let value = start + "password=".len();
-        let end = out[value..].find(['&', ' ']).map_or(out.len(), |e| value + e);
+        let end = if out[value..].starts_with('\'') {
+            // key=value strings may quote: password='a b'
+            out[value + 1..].find('\'').map_or(out.len(), |e| value + e + 2)
+        } else {
+            out[value..].find(['&', ' ']).map_or(out.len(), |e| value + e)
+        };
         out.replace_range(value..end, "***");
     }
     out
@@ -509,6 +514,7 @@ mod tests {
             "postgres://u@db/x?password=***&sslmode=require"
         );
         assert_eq!(redact_url("host=db password=s3 user=u"), "host=db password=*** user=u");
+        assert_eq!(redact_url("host=db password='a b' user=u"), "host=db password=*** user=u");
         assert_eq!(redact_url("postgres://db/x"), "postgres://db/x");
     }
 

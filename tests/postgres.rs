@@ -342,6 +342,15 @@ async fn user_commands_manage_rows() {
     let gone = apopd(&["user", "del", "carol", "-c", &config], "");
     assert!(!gone.status.success() && text(&gone.stderr).contains("no such user"), "{}", text(&gone.stderr));
 
+    // deliver knows a user without a maildir by their row.
+    let deliver = |user: &str| {
+        let out = apopd(&["deliver", user, "-c", &config], "Subject: hi\n\nhello\n");
+        (out.status.code(), text(&out.stderr))
+    };
+    assert_eq!(deliver("dave").0, Some(0), "{}", deliver("dave").1);
+    assert!(server.fixture.maildir("dave").join("new").read_dir().unwrap().next().is_some());
+    assert_eq!(deliver("zed").0, Some(67));
+
     // check-config connects and runs both queries.
     ok(apopd(&["check-config", "-c", &config], ""), "check-config");
 
@@ -349,6 +358,7 @@ async fn user_commands_manage_rows() {
     cluster.pg_stop();
     let down = apopd(&["user", "list", "-c", &config], "");
     assert!(!down.status.success() && text(&down.stderr).contains("cannot connect"), "{}", text(&down.stderr));
+    assert_eq!(deliver("zed").0, Some(75), "database down: try later");
     let down = apopd(&["check-config", "-c", &config], "");
     assert!(!down.status.success() && text(&down.stderr).contains("unavailable"), "{}", text(&down.stderr));
 }
