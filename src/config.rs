@@ -286,13 +286,14 @@ impl Config {
             );
         }
         self.validate_users()?;
-        if let Some(m) = self.sasl_mechanisms.iter().find(|m| m.needs_secret()) {
-            if self.postgres().is_some() {
-                // The SASL state machines look secrets up synchronously; a query is async.
-                bail!("sasl_mechanisms: {} is not available with users.backend = \"postgres\"", m.name());
-            }
-            if self.apop_secrets_file.is_none() {
-                bail!("sasl_mechanisms: {} needs apop_secrets_file (it checks the APOP secret)", m.name());
+        if let Some(m) = self.sasl_mechanisms.iter().find(|m| m.needs_secret())
+            && !self.apop_enabled()
+        {
+            match self.postgres() {
+                Some(_) => {
+                    bail!("sasl_mechanisms: {} needs users.apop_secret_query (it checks the APOP secret)", m.name())
+                }
+                None => bail!("sasl_mechanisms: {} needs apop_secrets_file (it checks the APOP secret)", m.name()),
             }
         }
         if self.max_message_size == 0 {
@@ -501,7 +502,10 @@ mod tests {
         assert!(err(&format!("{pg}url = \"postgres://db/?sslmode=sometimes\"")).contains("users.url"));
         assert!(err(&format!("{pg}url = \"postgres://db\"\ntimeout_ms = 0")).contains("users.timeout_ms"));
         assert!(err(&format!("{pg}url = \"postgres://db\"\npool_size = 0")).contains("users.pool_size"));
-        assert!(err(&format!("{pg}url = \"postgres://db\"\nsasl_mechanisms = [\"CRAM-MD5\"]")).contains("sasl"));
+        let cram = "sasl_mechanisms = [\"CRAM-MD5\"]";
+        assert!(parse(&format!("{cram}\n{pg}url = \"postgres://db\"")).is_ok());
+        let no_apop = format!("{cram}\n{pg}url = \"postgres://db\"\napop_secret_query = \"\"");
+        assert!(err(&no_apop).contains("users.apop_secret_query"));
         assert!(err("mail_root = \"/m/{user}\"\n[users]\nurl = \"postgres://db\"").contains("users.url"));
         assert!(err("mail_root = \"/m/{user}\"\n[users]\nbackend = \"ldap\"").contains("backend"));
     }

@@ -9,6 +9,9 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 
 use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::{Digest, Sha256};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
@@ -22,6 +25,8 @@ const AUTH_FAILED: &str = "-ERR [AUTH] invalid user name or password";
 /// `doveadm pw -s SHA512-CRYPT -p 'Correct horse 1'` (as in tests/password_import.rs).
 const SHA512_CRYPT: &str = "{SHA512-CRYPT}$6$Y4fV12nju8nptiQx$P94N3wz.7edef5QKapCzYinPWWRyQelALSzfO6YQ7qbVbUlaj9t9JtI3OCw49B7Uzj5qctsDX9KFc0XeJmZJX1";
 const SHA512_PASSWORD: &str = "Correct horse 1";
+/// Every mechanism, so that CRAM-MD5 and SCRAM look the APOP secret up in the database too.
+const ALL_SASL: &str = "sasl_mechanisms = [\"SCRAM-SHA-256\", \"CRAM-MD5\", \"PLAIN\", \"LOGIN\"]";
 /// The failed-login delay in these tests: a `[SYS/TEMP]` must come back faster.
 const FAILURE_DELAY_MS: u64 = 800;
 
@@ -154,7 +159,7 @@ impl Cluster {
     /// A fixture whose config keeps the accounts in this cluster.
     fn fixture(&self, extra: &str) -> Fixture {
         Fixture::new(&format!(
-            "auth_failure_delay_ms = {FAILURE_DELAY_MS}\n{extra}\n[users]\nbackend = \"postgres\"\nurl = \"{}\"\ntimeout_ms = 1500\n",
+            "auth_failure_delay_ms = {FAILURE_DELAY_MS}\nauth_failure_delay_max_ms = {FAILURE_DELAY_MS}\n{extra}\n[users]\nbackend = \"postgres\"\nurl = \"{}\"\ntimeout_ms = 1500\n",
             self.url()
         ))
     }
@@ -213,6 +218,57 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// The decoded challenge of a `+ …` continuation line.
+fn challenge(line: &str) -> Vec<u8> {
+    let encoded = line.strip_prefix("+ ").unwrap_or_else(|| panic!("not a continuation: {line}"));
+    B64.decode(encoded).expect("challenge is base64")
+}
+
+/// AUTH CRAM-MD5 as `user` with `secret` (as in tests/sasl.rs); the final reply.
+async fn cram_md5(c: &mut common::Client, user: &str, secret: &str) -> String {
+    let reply = c.cmd("AUTH CRAM-MD5").await;
+    if !reply.starts_with("+ ") {
+        return reply;
+    }
+    let mut mac = <Hmac<md5::Md5> as KeyInit>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(&challenge(&reply));
+    let digest = base16ct::lower::encode_string(&mac.finalize().into_bytes());
+    c.cmd(&B64.encode(format!("{user} {digest}"))).await
+}
+
+/// AUTH SCRAM-SHA-256 with the client-first as initial response (RFC 5802, as in
+/// tests/sasl.rs); the final reply.
+async fn scram(c: &mut common::Client, user: &str, secret: &str) -> String {
+    let client_nonce = "fyko+d2lbbFgONRv9qkxdawL";
+    let bare = format!("n={user},r={client_nonce}");
+    let reply = c.cmd(&format!("AUTH SCRAM-SHA-256 {}", B64.encode(format!("n,,{bare}")))).await;
+    if !reply.starts_with("+ ") {
+        return reply;
+    }
+    let server_first = String::from_utf8(challenge(&reply)).unwrap();
+    let mut fields = server_first.split(',');
+    let nonce = fields.next().unwrap().strip_prefix("r=").unwrap().to_owned();
+    let salt = B64.decode(fields.next().unwrap().strip_prefix("s=").unwrap()).unwrap();
+    let rounds: u32 = fields.next().unwrap().strip_prefix("i=").unwrap().parse().unwrap();
+    let mut salted = [0u8; 32];
+    pbkdf2::pbkdf2_hmac::<Sha256>(secret.as_bytes(), &salt, rounds, &mut salted);
+    let hmac = |key: &[u8], data: &[u8]| {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).unwrap();
+        mac.update(data);
+        mac.finalize().into_bytes().to_vec()
+    };
+    let client_key = hmac(&salted, b"Client Key");
+    let without_proof = format!("c=biws,r={nonce}");
+    let auth_message = format!("{bare},{server_first},{without_proof}");
+    let signature = hmac(&Sha256::digest(&client_key), auth_message.as_bytes());
+    let proof: Vec<u8> = client_key.iter().zip(signature).map(|(k, s)| k ^ s).collect();
+    let reply = c.cmd(&B64.encode(format!("{without_proof},p={}", B64.encode(&proof)))).await;
+    if !reply.starts_with("+ ") {
+        return reply;
+    }
+    c.cmd("").await
+}
+
 async fn login_time(server: &TestServer, user: &str, password: &str) -> (String, Duration) {
     let mut client = server.connect().await;
     let started = Instant::now();
@@ -243,9 +299,10 @@ async fn logins_against_rows_survive_a_database_outage() {
         argon2(ALICE_PASSWORD)
     );
     cluster.sql(&format!("{schema}\n{rows}")).await;
-    let server = TestServer::start_on(cluster.fixture("")).await;
+    let server = TestServer::start_on(cluster.fixture(ALL_SASL)).await;
 
-    // USER/PASS (bare argon2id), APOP (secret column) and AUTH PLAIN ({SHA512-CRYPT} row).
+    // USER/PASS (bare argon2id), APOP, CRAM-MD5 and SCRAM-SHA-256 (the secret column) and
+    // AUTH PLAIN ({SHA512-CRYPT} row).
     let (reply, _) = login_time(&server, "alice", ALICE_PASSWORD).await;
     assert!(reply.starts_with("+OK"), "{reply}");
     let mut client = server.connect().await;
@@ -253,10 +310,22 @@ async fn logins_against_rows_survive_a_database_outage() {
     assert!(reply.starts_with("+OK"), "APOP: {reply}");
     quit(&mut client).await;
     let mut client = server.connect().await;
-    let plain = base64::engine::general_purpose::STANDARD.encode(format!("\0bob\0{SHA512_PASSWORD}"));
+    let plain = B64.encode(format!("\0bob\0{SHA512_PASSWORD}"));
     let reply = client.cmd(&format!("AUTH PLAIN {plain}")).await;
     assert!(reply.starts_with("+OK"), "AUTH PLAIN: {reply}");
     quit(&mut client).await;
+    let mut client = server.connect().await;
+    let reply = cram_md5(&mut client, "alice", ALICE_APOP_SECRET).await;
+    assert!(reply.starts_with("+OK"), "CRAM-MD5: {reply}");
+    quit(&mut client).await;
+    let mut client = server.connect().await;
+    let reply = scram(&mut client, "alice", ALICE_APOP_SECRET).await;
+    assert!(reply.starts_with("+OK"), "SCRAM-SHA-256: {reply}");
+    quit(&mut client).await;
+    let mut client = server.connect().await;
+    assert_eq!(cram_md5(&mut client, "alice", "wrong").await, AUTH_FAILED);
+    assert_eq!(cram_md5(&mut client, "nobody-here", ALICE_APOP_SECRET).await, AUTH_FAILED);
+    assert_eq!(scram(&mut client, "bob", ALICE_APOP_SECRET).await, AUTH_FAILED, "bob has no APOP secret");
 
     // Wrong password and unknown user: one answer, after the failure delay.
     for (user, password) in [("alice", "wrong"), ("nobody-here", ALICE_PASSWORD), ("bob", "wrong")] {
@@ -277,6 +346,13 @@ async fn logins_against_rows_survive_a_database_outage() {
     let mut client = server.connect().await;
     let reply = client.apop("alice", ALICE_APOP_SECRET).await;
     assert!(reply.starts_with("-ERR [SYS/TEMP]"), "APOP: {reply}");
+    let reply = cram_md5(&mut client, "alice", ALICE_APOP_SECRET).await;
+    assert!(reply.starts_with("-ERR [SYS/TEMP]"), "CRAM-MD5: {reply}");
+    let reply = scram(&mut client, "alice", ALICE_APOP_SECRET).await;
+    assert!(reply.starts_with("-ERR [SYS/TEMP]"), "SCRAM: {reply}");
+    let plain = B64.encode(format!("\0alice\0{ALICE_PASSWORD}"));
+    let reply = client.cmd(&format!("AUTH PLAIN {plain}")).await;
+    assert!(reply.starts_with("-ERR [SYS/TEMP]"), "AUTH PLAIN: {reply}");
 
     // Back up: the pool reconnects, the very next login works.
     cluster.pg_start();
@@ -291,7 +367,7 @@ async fn a_silent_database_times_out_with_sys_temp() {
     let port = listener.local_addr().expect("addr").port();
     let held = std::thread::spawn(move || listener.incoming().take(4).flatten().collect::<Vec<_>>());
     let extra = format!(
-        "auth_failure_delay_ms = {FAILURE_DELAY_MS}\n[users]\nbackend = \"postgres\"\nurl = \"postgres://apopd@127.0.0.1:{port}/mail\"\ntimeout_ms = 300\n"
+        "auth_failure_delay_ms = {FAILURE_DELAY_MS}\nauth_failure_delay_max_ms = {FAILURE_DELAY_MS}\n[users]\nbackend = \"postgres\"\nurl = \"postgres://apopd@127.0.0.1:{port}/mail\"\ntimeout_ms = 300\n"
     );
     let server = TestServer::start_on(Fixture::new(&extra)).await;
     let (reply, took) = login_time(&server, "alice", ALICE_PASSWORD).await;
@@ -375,7 +451,7 @@ async fn sslmode_require_logs_in_over_verified_tls() {
     cluster.sql(&rows).await;
     let tls = |ca: &str| {
         let fixture = Fixture::new(&format!(
-            "auth_failure_delay_ms = {FAILURE_DELAY_MS}\n[users]\nbackend = \"postgres\"\nca_file = \"db-ca.pem\"\n\
+            "auth_failure_delay_ms = {FAILURE_DELAY_MS}\nauth_failure_delay_max_ms = {FAILURE_DELAY_MS}\n[users]\nbackend = \"postgres\"\nca_file = \"db-ca.pem\"\n\
              url = \"postgres://postgres@127.0.0.1:{}/postgres?sslmode=require\"\n",
             cluster.port
         ));

@@ -15,6 +15,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::Config;
 use postgres::Postgres;
+use sasl::{Exchange, Mechanism, Step};
 use schemes::Scheme;
 use users_file::UsersFile;
 
@@ -64,13 +65,68 @@ impl Authenticator {
     }
 }
 
+impl Authenticator {
+    /// Begin an AUTH exchange ([`Exchange::start`]), feeding `initial` through [`Self::sasl_step`].
+    pub async fn sasl_start(
+        &self,
+        mechanism: Mechanism,
+        initial: Option<Vec<u8>>,
+        challenge_id: String,
+    ) -> Result<(Exchange, Step), Unavailable> {
+        match initial {
+            // CRAM-MD5 refuses an initial response in `start` itself.
+            Some(response) if mechanism != Mechanism::CramMd5 => {
+                let (mut exchange, _) = Exchange::start(mechanism, None, challenge_id, self);
+                let step = self.sasl_step(&mut exchange, &response).await?;
+                Ok((exchange, step))
+            }
+            initial => Ok(Exchange::start(mechanism, initial, challenge_id, self)),
+        }
+    }
+
+    /// Feed one decoded client response to `exchange`. The SASL state machines look secrets
+    /// up synchronously: for the database, a dry run on a copy learns whose secret the step
+    /// needs, the secret is fetched (bounded, may be [`Unavailable`]), then the step runs.
+    pub async fn sasl_step(&self, exchange: &mut Exchange, response: &[u8]) -> Result<Step, Unavailable> {
+        let Authenticator::Postgres(db) = self else { return Ok(exchange.step(response, self)) };
+        let asked = Asked::default();
+        let _ = exchange.clone().step(response, &asked);
+        let Some(user) = asked.0.into_inner() else { return Ok(exchange.step(response, self)) };
+        let secret = db.apop_secret(&user).await?;
+        Ok(exchange.step(response, &Fetched { user, secret }))
+    }
+}
+
 impl sasl::Secrets for Authenticator {
     fn secret_of(&self, user: &str) -> Option<String> {
         match self {
             Authenticator::File(file) => file.secret_of(user),
-            // Config validation refuses CRAM-MD5 and SCRAM with PostgreSQL.
+            // Reached only when a step asked for no secret in its dry run (see `sasl_step`).
             Authenticator::Postgres(_) => None,
         }
+    }
+}
+
+/// Records which user's secret a dry-run SASL step asked for.
+#[derive(Default)]
+struct Asked(std::cell::RefCell<Option<String>>);
+
+impl sasl::Secrets for Asked {
+    fn secret_of(&self, user: &str) -> Option<String> {
+        *self.0.borrow_mut() = Some(user.to_owned());
+        None
+    }
+}
+
+/// The one secret fetched for a SASL step.
+struct Fetched {
+    user: String,
+    secret: Option<String>,
+}
+
+impl sasl::Secrets for Fetched {
+    fn secret_of(&self, user: &str) -> Option<String> {
+        (user == self.user).then(|| self.secret.clone()).flatten()
     }
 }
 

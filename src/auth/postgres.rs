@@ -182,6 +182,14 @@ impl Postgres {
         Ok(self.verifier.verify(stored, password, false).await.is_some_and(|v| v.matched))
     }
 
+    /// The APOP secret of `user` (`None`: no row, NULL, or APOP turned off), for SASL.
+    pub async fn apop_secret(&self, user: &str) -> Result<Option<String>, Unavailable> {
+        match &self.apop_secret_query {
+            Some(query) => self.lookup(query, user).await,
+            None => Ok(None),
+        }
+    }
+
     /// Whether `digest` is right for `user`'s APOP secret (an unknown user costs the same).
     pub async fn check_apop(&self, user: &str, timestamp: &str, digest: &str) -> Checked {
         let Some(query) = &self.apop_secret_query else { return Ok(false) };

@@ -114,7 +114,11 @@ impl Authorization {
             Some(Some(decoded)) => Some(decoded),
             Some(None) => return Outcome::Reply(err("initial response is not valid base64")),
         };
-        let (exchange, step) = Exchange::start(mechanism, initial, cx.shared.timestamps.next(), &cx.shared.auth);
+        let started = cx.shared.auth.sasl_start(mechanism, initial, cx.shared.timestamps.next()).await;
+        let (exchange, step) = match started {
+            Ok(started) => started,
+            Err(e) => return login(cx, String::new(), Err(e), mechanism.name()).await,
+        };
         self.sasl = Some((mechanism, exchange));
         self.after_step(step, cx).await
     }
@@ -132,7 +136,13 @@ impl Authorization {
         let Some((_, exchange)) = self.sasl.as_mut() else {
             return Outcome::Reply(err("no authentication in progress"));
         };
-        let step = exchange.step(&response, &cx.shared.auth);
+        let step = match cx.shared.auth.sasl_step(exchange, &response).await {
+            Ok(step) => step,
+            Err(e) => {
+                let method = self.sasl.take().map_or("AUTH", |(m, _)| m.name());
+                return login(cx, String::new(), Err(e), method).await;
+            }
+        };
         self.after_step(step, cx).await
     }
 

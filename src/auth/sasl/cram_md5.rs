@@ -10,7 +10,7 @@ use super::{Secrets, Step};
 const DUMMY_SECRET: &str = "apopd dummy secret";
 
 /// A CRAM-MD5 exchange after the challenge was sent.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct CramMd5 {
     challenge: String,
 }
