@@ -1,5 +1,7 @@
 //! Subcommands: the little glue each one needs (their clap definitions are `apopd::args`).
 
+mod users_db;
+
 use std::collections::BTreeMap;
 mod lab;
 
@@ -125,7 +127,11 @@ fn check_config(path: &Path) -> anyhow::Result<()> {
     for warning in config.warnings() {
         eprintln!("apopd check-config: warning: {warning}");
     }
+    let db = config.postgres().cloned();
     apopd::shared::Shared::new(config)?;
+    if let Some(users) = db {
+        users_db::probe(&users)?;
+    }
     Ok(())
 }
 
@@ -165,7 +171,7 @@ fn deliver(user: &str, config: &Path) -> ExitCode {
         }
     };
     // A user is known by their maildir, or else by the users file (which an MTA running
-    // `deliver` as another user may not be allowed to read).
+    // `deliver` as another user may not be allowed to read) or the accounts database.
     let (location, policy) = match config.mail_root().map(|root| (root.locate(user), root.policy().clone())) {
         Ok((Some(location), policy)) => (location, policy),
         Ok((None, _)) => {
@@ -178,14 +184,20 @@ fn deliver(user: &str, config: &Path) -> ExitCode {
         }
     };
     if !location.path().is_dir() {
-        match users::read_entries(&config.users_file, false) {
-            Ok(users) if users.contains_key(user) => {}
-            Ok(_) => {
+        let known = match config.postgres() {
+            Some(db) => users_db::exists(db, user),
+            None => {
+                users::read_entries(&config.users_file, false).map(|users| users.contains_key(user)).map_err(Into::into)
+            }
+        };
+        match known {
+            Ok(true) => {}
+            Ok(false) => {
                 eprintln!("apopd deliver: no such user {user:?}");
                 return ExitCode::from(EX_NOUSER);
             }
             Err(e) => {
-                eprintln!("apopd deliver: {e}");
+                eprintln!("apopd deliver: {e:#}");
                 return ExitCode::from(EX_TEMPFAIL);
             }
         }
@@ -207,6 +219,17 @@ fn deliver(user: &str, config: &Path) -> ExitCode {
 }
 
 fn user(action: UserAction) -> anyhow::Result<ExitCode> {
+    let config = match &action {
+        UserAction::Add { config, .. }
+        | UserAction::Passwd { config, .. }
+        | UserAction::Del { config, .. }
+        | UserAction::Import { config, .. }
+        | UserAction::List { config } => config,
+    };
+    let loaded = Config::load(config)?;
+    if let Some(users) = loaded.postgres() {
+        return users_db::run(action, users);
+    }
     match action {
         UserAction::Add { name, apop, config } => set_credentials(&name, apop, &config, true),
         UserAction::Passwd { name, apop, config } => set_credentials(&name, apop, &config, false),

@@ -45,6 +45,9 @@ pub struct Config {
     /// `name:secret` lines for APOP; must be mode 0600.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub apop_secrets_file: Option<PathBuf>,
+    /// Where accounts live (`[users]`); absent means the files above.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub users: Option<Users>,
     /// The host name in the greeting's APOP timestamp.
     #[serde(default = "default_hostname")]
     pub hostname: String,
@@ -130,6 +133,91 @@ pub struct Config {
     /// Log lines as `text` (default) or `json` (one object per line, for log shippers).
     #[serde(default)]
     pub log_format: LogFormat,
+}
+
+/// Which store holds the accounts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// `users_file` and `apop_secrets_file`.
+    #[default]
+    File,
+    /// A PostgreSQL database, queried per login.
+    Postgres,
+}
+
+/// The `[users]` table: the accounts backend and, for PostgreSQL, how to reach and query it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Users {
+    /// `file` (default) or `postgres`.
+    #[serde(default)]
+    pub backend: Backend,
+    /// libpq-style connection URL or key=value string; `sslmode=require` turns on TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none", serialize_with = "redacted_url")]
+    pub url: Option<String>,
+    /// PEM CA certificates that sign the database server's certificate (with `sslmode=require`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// SQL returning the stored password (first column) of the user `$1`.
+    #[serde(default = "default_password_query")]
+    pub password_query: String,
+    /// SQL returning the APOP secret (first column) of the user `$1`; empty turns APOP off.
+    #[serde(default = "default_apop_secret_query")]
+    pub apop_secret_query: String,
+    /// Most database connections the server keeps open.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+    /// Longest wait for a connection and a query; past it the login gets `-ERR [SYS/TEMP]`.
+    #[serde(default = "default_db_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn default_password_query() -> String {
+    "SELECT password FROM pop3_users WHERE name = $1".to_owned()
+}
+fn default_apop_secret_query() -> String {
+    "SELECT apop_secret FROM pop3_users WHERE name = $1".to_owned()
+}
+fn default_pool_size() -> usize {
+    8
+}
+fn default_db_timeout() -> u64 {
+    2000
+}
+
+/// `check-config` prints the config: never the database password in the URL.
+fn redacted_url<S: serde::Serializer>(url: &Option<String>, serializer: S) -> Result<S::Ok, S::Error> {
+    match url {
+        Some(url) => serializer.serialize_str(&redact_url(url)),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// The URL with any password replaced by `***` (URL userinfo or a `password=` key).
+pub fn redact_url(url: &str) -> String {
+    let mut out = url.to_owned();
+    if let Some(scheme_end) = out.find("://") {
+        let rest = &out[scheme_end + 3..];
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        if let Some(at) = rest[..authority_end].rfind('@')
+            && let Some(colon) = rest[..at].find(':')
+        {
+            out.replace_range(scheme_end + 3 + colon + 1..scheme_end + 3 + at, "***");
+        }
+    }
+    let lower = out.to_ascii_lowercase();
+    if let Some(start) = lower.find("password=") {
+        let value = start + "password=".len();
+        let end = if out[value..].starts_with('\'') {
+            // key=value strings may quote: password='a b'
+            out[value + 1..].find('\'').map_or(out.len(), |e| value + e + 2)
+        } else {
+            out[value..].find(['&', ' ']).map_or(out.len(), |e| value + e)
+        };
+        out.replace_range(value..end, "***");
+    }
+    out
 }
 
 /// How `apopd serve` writes its log.
@@ -292,6 +380,9 @@ impl Config {
         for path in optional {
             *path = path.as_deref().map(|p| base.join(p));
         }
+        if let Some(users) = &mut self.users {
+            users.ca_file = users.ca_file.as_deref().map(|p| base.join(p));
+        }
         if Path::new(&self.mail_root).is_relative() {
             self.mail_root = base.join(&self.mail_root).to_string_lossy().into_owned();
         }
@@ -315,10 +406,16 @@ impl Config {
                 self.idle_timeout_secs
             );
         }
+        self.validate_users()?;
         if let Some(m) = self.sasl_mechanisms.iter().find(|m| m.needs_secret())
-            && self.apop_secrets_file.is_none()
+            && !self.apop_enabled()
         {
-            bail!("sasl_mechanisms: {} needs apop_secrets_file (it checks the APOP secret)", m.name());
+            match self.postgres() {
+                Some(_) => {
+                    bail!("sasl_mechanisms: {} needs users.apop_secret_query (it checks the APOP secret)", m.name())
+                }
+                None => bail!("sasl_mechanisms: {} needs apop_secrets_file (it checks the APOP secret)", m.name()),
+            }
         }
         if self.max_message_size == 0 {
             bail!("max_message_size: must be at least 1");
@@ -367,6 +464,41 @@ impl Config {
     /// The reply texts: the built-in languages and those in `i18n_dir`.
     pub fn catalog(&self) -> anyhow::Result<Catalog> {
         Catalog::load(self.i18n_dir.as_deref()).context("i18n_dir")
+    }
+
+    fn validate_users(&self) -> anyhow::Result<()> {
+        let Some(users) = &self.users else { return Ok(()) };
+        if users.backend == Backend::File {
+            if users.url.is_some() || users.ca_file.is_some() {
+                bail!("users.url: only used with users.backend = \"postgres\"");
+            }
+            return Ok(());
+        }
+        let Some(url) = &users.url else { bail!("users.url: users.backend = \"postgres\" needs a connection URL") };
+        url.parse::<tokio_postgres::Config>().map_err(|e| anyhow::anyhow!("users.url: {e}"))?;
+        if users.password_query.trim().is_empty() {
+            bail!("users.password_query: must not be empty");
+        }
+        if users.pool_size == 0 {
+            bail!("users.pool_size: must be at least 1");
+        }
+        if !(1..=60_000).contains(&users.timeout_ms) {
+            bail!("users.timeout_ms: {} is not between 1 and 60000", users.timeout_ms);
+        }
+        Ok(())
+    }
+
+    /// The `[users]` table when the accounts are in PostgreSQL.
+    pub fn postgres(&self) -> Option<&Users> {
+        self.users.as_ref().filter(|u| u.backend == Backend::Postgres)
+    }
+
+    /// True when APOP is on: an APOP secrets file, or a PostgreSQL APOP secret query.
+    pub fn apop_enabled(&self) -> bool {
+        match self.postgres() {
+            Some(users) => !users.apop_secret_query.trim().is_empty(),
+            None => self.apop_secrets_file.is_some(),
+        }
     }
 
     /// The validated mail root.
@@ -521,6 +653,47 @@ mod tests {
         assert!(err.contains("language") && err.contains("ja"), "{err}");
         let err = format!("{:#}", parse("mail_root = \"/m/{user}\"\ni18n_dir = \"nowhere\"").unwrap_err());
         assert!(err.contains("i18n_dir") && err.contains("nowhere"), "{err}");
+    }
+
+    #[test]
+    fn users_table() {
+        let c = parse("mail_root = \"/m/{user}\"").unwrap();
+        assert!(c.users.is_none() && c.postgres().is_none() && !c.apop_enabled());
+        let c = parse("mail_root = \"/m/{user}\"\n[users]\nbackend = \"file\"").unwrap();
+        assert!(c.postgres().is_none());
+        let pg = "mail_root = \"/m/{user}\"\n[users]\nbackend = \"postgres\"\n";
+        let c = parse(&format!("{pg}url = \"postgres://apopd:pw@db/mail\"\nca_file = \"ca.pem\"")).unwrap();
+        let users = c.postgres().unwrap();
+        assert_eq!(users.password_query, "SELECT password FROM pop3_users WHERE name = $1");
+        assert_eq!((users.pool_size, users.timeout_ms), (8, 2000));
+        assert!(users.ca_file.as_ref().unwrap().is_absolute());
+        assert!(c.apop_enabled());
+        assert!(!c.to_toml().contains("pw@"), "{}", c.to_toml());
+        let c = parse(&format!("{pg}url = \"host=db user=apopd\"\napop_secret_query = \"\"")).unwrap();
+        assert!(!c.apop_enabled());
+        let err = |text: &str| format!("{:#}", parse(text).unwrap_err());
+        assert!(err(pg).contains("users.url"));
+        assert!(err(&format!("{pg}url = \"postgres://db/?sslmode=sometimes\"")).contains("users.url"));
+        assert!(err(&format!("{pg}url = \"postgres://db\"\ntimeout_ms = 0")).contains("users.timeout_ms"));
+        assert!(err(&format!("{pg}url = \"postgres://db\"\npool_size = 0")).contains("users.pool_size"));
+        let cram = "sasl_mechanisms = [\"CRAM-MD5\"]";
+        assert!(parse(&format!("{cram}\n{pg}url = \"postgres://db\"")).is_ok());
+        let no_apop = format!("{cram}\n{pg}url = \"postgres://db\"\napop_secret_query = \"\"");
+        assert!(err(&no_apop).contains("users.apop_secret_query"));
+        assert!(err("mail_root = \"/m/{user}\"\n[users]\nurl = \"postgres://db\"").contains("users.url"));
+        assert!(err("mail_root = \"/m/{user}\"\n[users]\nbackend = \"ldap\"").contains("backend"));
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(redact_url("postgres://u:secret@db:5432/x"), "postgres://u:***@db:5432/x");
+        assert_eq!(
+            redact_url("postgres://u@db/x?password=s3&sslmode=require"),
+            "postgres://u@db/x?password=***&sslmode=require"
+        );
+        assert_eq!(redact_url("host=db password=s3 user=u"), "host=db password=*** user=u");
+        assert_eq!(redact_url("host=db password='a b' user=u"), "host=db password=*** user=u");
+        assert_eq!(redact_url("postgres://db/x"), "postgres://db/x");
     }
 
     #[test]

@@ -98,6 +98,7 @@ keys! {
     InUse = "in_use",
     UnsafeMailbox = "unsafe_mailbox",
     CannotOpen = "cannot_open",
+    CredentialsUnavailable = "credentials_unavailable",
     Utf8Names = "utf8_names",
     SaslNotText = "sasl_not_text",
     CramArguments = "cram_arguments",

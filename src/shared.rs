@@ -51,10 +51,9 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Build from a validated config: loads the users files.
+    /// Build from a validated config: loads the users files or sets up the accounts database pool.
     pub fn new(config: Config) -> anyhow::Result<Self> {
-        let auth = Authenticator::load(&config.users_file, config.apop_secrets_file.as_deref())?
-            .with_rehash_on_login(config.rehash_on_login);
+        let auth = Authenticator::from_config(&config)?;
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => Some(Tls::load(cert, key)?),
             _ => None,

@@ -1,125 +1,183 @@
-//! Who may log in: the users and APOP secrets files, password and APOP checks, password import.
+//! Who may log in: one entry point ([`Authenticator`]) over the accounts backends (the users
+//! files, PostgreSQL), password schemes, APOP and SASL checks, password import.
 
 pub mod apop;
 pub mod import;
 pub mod password;
+pub mod postgres;
 pub mod sasl;
 pub mod schemes;
 pub mod throttle;
 pub mod users;
-
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::SystemTime;
+pub mod users_file;
 
 use tokio::sync::Semaphore;
 
+use crate::config::Config;
+use postgres::Postgres;
+use sasl::{Exchange, Mechanism, Step};
 use schemes::Scheme;
-use users::{Entries, FileError};
+use users_file::UsersFile;
 
-/// The users and secrets as last read, with the file times they were read at.
-#[derive(Debug, Default)]
-struct Table {
-    hashes: Entries,
-    secrets: Entries,
-    stamp: (Option<SystemTime>, Option<SystemTime>),
+/// The accounts backend could not answer (database down or slow): neither yes nor no.
+#[derive(Debug, thiserror::Error)]
+#[error("accounts database unavailable: {0}")]
+pub struct Unavailable(pub String);
+
+/// The outcome of a credential check: accepted, refused, or no answer from the backend.
+pub type Checked = Result<bool, Unavailable>;
+
+/// Checks credentials against the configured accounts backend.
+#[derive(Debug)]
+pub enum Authenticator {
+    /// `users_file` and `apop_secrets_file` (the default).
+    File(UsersFile),
+    /// `[users] backend = "postgres"`.
+    Postgres(Postgres),
 }
 
-/// Checks credentials; re-reads its files when they change, so `apopd user add` needs no restart.
+impl Authenticator {
+    /// The backend `config` names: reads the users files, or sets up the (lazy) database pool.
+    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+        Ok(match config.postgres() {
+            Some(users) => Authenticator::Postgres(Postgres::new(users)?),
+            None => Authenticator::File(
+                UsersFile::load(&config.users_file, config.apop_secrets_file.as_deref())?
+                    .with_rehash_on_login(config.rehash_on_login),
+            ),
+        })
+    }
+
+    /// Whether `password` is `user`'s; unknown users cost the same time as a wrong password.
+    pub async fn check_password(&self, user: &str, password: Vec<u8>) -> Checked {
+        match self {
+            Authenticator::File(file) => Ok(file.check_password(user, password).await),
+            Authenticator::Postgres(db) => db.check_password(user, password).await,
+        }
+    }
+
+    /// Whether `user` has an APOP secret and `digest` is right for `timestamp`.
+    pub async fn check_apop(&self, user: &str, timestamp: &str, digest: &str) -> Checked {
+        match self {
+            Authenticator::File(file) => Ok(file.check_apop(user, timestamp, digest)),
+            Authenticator::Postgres(db) => db.check_apop(user, timestamp, digest).await,
+        }
+    }
+}
+
+impl Authenticator {
+    /// Begin an AUTH exchange ([`Exchange::start`]), feeding `initial` through [`Self::sasl_step`].
+    pub async fn sasl_start(
+        &self,
+        mechanism: Mechanism,
+        initial: Option<Vec<u8>>,
+        challenge_id: String,
+    ) -> Result<(Exchange, Step), Unavailable> {
+        match initial {
+            // CRAM-MD5 refuses an initial response in `start` itself.
+            Some(response) if mechanism != Mechanism::CramMd5 => {
+                let (mut exchange, _) = Exchange::start(mechanism, None, challenge_id, self);
+                let step = self.sasl_step(&mut exchange, &response).await?;
+                Ok((exchange, step))
+            }
+            initial => Ok(Exchange::start(mechanism, initial, challenge_id, self)),
+        }
+    }
+
+    /// Feed one decoded client response to `exchange`. The SASL state machines look secrets
+    /// up synchronously: for the database, a dry run on a copy learns whose secret the step
+    /// needs, the secret is fetched (bounded, may be [`Unavailable`]), then the step runs.
+    pub async fn sasl_step(&self, exchange: &mut Exchange, response: &[u8]) -> Result<Step, Unavailable> {
+        let Authenticator::Postgres(db) = self else { return Ok(exchange.step(response, self)) };
+        let asked = Asked::default();
+        let _ = exchange.clone().step(response, &asked);
+        let Some(user) = asked.0.into_inner() else { return Ok(exchange.step(response, self)) };
+        let secret = db.apop_secret(&user).await?;
+        Ok(exchange.step(response, &Fetched { user, secret }))
+    }
+}
+
+impl sasl::Secrets for Authenticator {
+    fn secret_of(&self, user: &str) -> Option<String> {
+        match self {
+            Authenticator::File(file) => file.secret_of(user),
+            // Reached only when a step asked for no secret in its dry run (see `sasl_step`).
+            Authenticator::Postgres(_) => None,
+        }
+    }
+}
+
+/// Records which user's secret a dry-run SASL step asked for.
+#[derive(Default)]
+struct Asked(std::cell::RefCell<Option<String>>);
+
+impl sasl::Secrets for Asked {
+    fn secret_of(&self, user: &str) -> Option<String> {
+        *self.0.borrow_mut() = Some(user.to_owned());
+        None
+    }
+}
+
+/// The one secret fetched for a SASL step.
+struct Fetched {
+    user: String,
+    secret: Option<String>,
+}
+
+impl sasl::Secrets for Fetched {
+    fn secret_of(&self, user: &str) -> Option<String> {
+        (user == self.user).then(|| self.secret.clone()).flatten()
+    }
+}
+
+/// Check an APOP digest against `secret`; an unknown user (`None`) costs the same work.
+fn verify_apop(secret: Option<&str>, timestamp: &str, digest: &str) -> bool {
+    match secret {
+        Some(secret) => apop::verify(timestamp, secret.as_bytes(), digest),
+        None => {
+            let _ = apop::verify(timestamp, b"apopd dummy secret", digest);
+            false
+        }
+    }
+}
+
+/// The result of one password verification.
 #[derive(Debug)]
-pub struct Authenticator {
-    users_file: PathBuf,
-    secrets_file: Option<PathBuf>,
-    table: RwLock<Arc<Table>>,
+struct Verified {
+    /// The password matched a real user's stored hash.
+    matched: bool,
+    /// For a rehash: the old scheme, the old stored value and a fresh argon2id hash.
+    upgrade: Option<(Scheme, String, String)>,
+}
+
+/// Password verification shared by the backends: argon2 bounded to the core count, and the
+/// dummy hash that makes an unknown user cost what a wrong password costs.
+#[derive(Debug)]
+pub struct Verifier {
     /// Bounds concurrent argon2 runs to the core count: each takes ~19 MiB and a core.
     hashing: Semaphore,
     /// Verified for unknown users, so they cost what a wrong password costs.
     dummy_hash: String,
-    /// Replace an older scheme's hash by argon2id after a successful login.
-    rehash_on_login: bool,
-    /// Serialises this process's rewrites of the users file (beside the file lock).
-    rewriting: Arc<Mutex<()>>,
 }
 
-fn modified(path: Option<&Path>) -> Option<SystemTime> {
-    path.and_then(|p| std::fs::metadata(p).ok()).and_then(|m| m.modified().ok())
-}
-
-impl Authenticator {
-    /// Read both files; errors name the file and line.
-    pub fn load(users_file: &Path, secrets_file: Option<&Path>) -> Result<Self, FileError> {
-        let auth = Authenticator {
-            users_file: users_file.to_owned(),
-            secrets_file: secrets_file.map(Path::to_owned),
-            table: RwLock::new(Arc::new(Table::default())),
+impl Verifier {
+    /// A verifier with a fresh dummy hash.
+    pub fn new() -> Result<Self, String> {
+        Ok(Verifier {
             hashing: Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())),
-            dummy_hash: password::hash(b"apopd dummy password")
-                .map_err(|e| FileError::Io { path: "(dummy hash)".into(), cause: std::io::Error::other(e) })?,
-            rehash_on_login: true,
-            rewriting: Arc::new(Mutex::new(())),
-        };
-        let table = auth.read_table()?;
-        *auth.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
-        Ok(auth)
+            dummy_hash: password::hash(b"apopd dummy password")?,
+        })
     }
 
-    fn read_table(&self) -> Result<Table, FileError> {
-        let stamp = (modified(Some(&self.users_file)), modified(self.secrets_file.as_deref()));
-        let mut hashes = users::read_entries(&self.users_file, false)?;
-        hashes.retain(|name, value| match schemes::parse(value) {
-            Ok(_) => true,
-            Err(why) => {
-                tracing::error!(user = ?name, file = %self.users_file.display(), "unusable password hash: {why}");
-                false
-            }
-        });
-        let secrets = match &self.secrets_file {
-            Some(path) => users::read_entries(path, true)?,
-            None => Entries::new(),
-        };
-        Ok(Table { hashes, secrets, stamp })
-    }
-
-    /// The current table, re-read first if a file changed since (a bad edit keeps the old one).
-    fn table(&self) -> Arc<Table> {
-        let current = self.table.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let stamp = (modified(Some(&self.users_file)), modified(self.secrets_file.as_deref()));
-        if stamp == current.stamp {
-            return current;
-        }
-        match self.read_table() {
-            Ok(table) => {
-                tracing::info!("users files changed: reloaded");
-                let table = Arc::new(table);
-                *self.table.write().unwrap_or_else(|e| e.into_inner()) = table.clone();
-                table
-            }
-            Err(e) => {
-                tracing::error!("cannot reload users, keeping the previous ones: {e}");
-                current
-            }
-        }
-    }
-
-    /// Whether a successful login with an older scheme replaces the hash by argon2id (default on).
-    pub fn with_rehash_on_login(mut self, on: bool) -> Self {
-        self.rehash_on_login = on;
-        self
-    }
-
-    /// True when `user` exists and `password` is theirs. Unknown users cost the same time.
-    ///
-    /// After a successful login with a scheme other than argon2id, and with `rehash_on_login`,
-    /// the user's line in the users file is replaced by a fresh argon2id hash.
-    pub async fn check_password(&self, user: &str, password: Vec<u8>) -> bool {
-        let table = self.table();
-        let (value, known) = match table.hashes.get(user) {
-            Some(value) => (value.clone(), true),
-            None => (self.dummy_hash.clone(), false),
-        };
-        let Ok(_permit) = self.hashing.acquire().await else { return false };
+    /// Verify `password` against `stored` (`None`: an unknown user, checked against the dummy
+    /// hash). With `rehash`, a match with a scheme other than argon2id also yields a new hash.
+    /// `None` when the blocking task failed.
+    async fn verify(&self, stored: Option<String>, password: Vec<u8>, rehash: bool) -> Option<Verified> {
+        let known = stored.is_some();
+        let value = stored.unwrap_or_else(|| self.dummy_hash.clone());
+        let _permit = self.hashing.acquire().await.ok()?;
         let dummy = self.dummy_hash.clone();
-        let rehash = self.rehash_on_login && known;
+        let rehash = rehash && known;
         let checked = tokio::task::spawn_blocking(move || {
             let stored = schemes::parse(&value).ok()?;
             let matched = stored.verify(&password);
@@ -131,60 +189,9 @@ impl Authenticator {
             let upgrade = (matched && rehash && stored.scheme() != Scheme::Argon2id)
                 .then(|| password::hash(&password).ok().map(|new| (stored.scheme(), value, new)))
                 .flatten();
-            Some((matched, upgrade))
+            Some(Verified { matched: matched && known, upgrade })
         })
         .await;
-        let Ok(Some((matched, upgrade))) = checked else { return false };
-        if let (true, Some((scheme, old, new))) = (matched && known, upgrade) {
-            self.rehash(user, scheme, old, new).await;
-        }
-        matched && known
-    }
-
-    /// Replace `user`'s `old` hash (of `scheme`) by `new` in the users file and in memory.
-    /// A failure is logged and costs nothing else: the login has succeeded either way.
-    async fn rehash(&self, user: &str, scheme: Scheme, old: String, new: String) {
-        let path = self.users_file.clone();
-        let rewriting = self.rewriting.clone();
-        let name = user.to_owned();
-        let written = tokio::task::spawn_blocking(move || {
-            let _serial = rewriting.lock().unwrap_or_else(|e| e.into_inner());
-            let _lock = users::lock(&path, &[])?;
-            users::replace_value(&path, &name, &old, &new)
-        })
-        .await;
-        match written {
-            Ok(Ok(true)) => {
-                tracing::info!(user = ?user, from = %scheme, "password rehashed to argon2id");
-                // Read the whole file again rather than patch the table: it may hold other
-                // changes (an `apopd user add`) this process has not loaded yet.
-                match self.read_table() {
-                    Ok(table) => *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table),
-                    Err(e) => tracing::error!("cannot reload users after a rehash: {e}"),
-                }
-            }
-            Ok(Ok(false)) => tracing::info!(user = ?user, "password changed meanwhile: not rehashed"),
-            Ok(Err(e)) => tracing::warn!(user = ?user, from = %scheme, "cannot rehash the password to argon2id: {e}"),
-            Err(e) => tracing::warn!(user = ?user, "rehash task failed: {e}"),
-        }
-    }
-
-    /// True when `user` has an APOP secret and `digest` is right for `timestamp`.
-    pub fn check_apop(&self, user: &str, timestamp: &str, digest: &str) -> bool {
-        let table = self.table();
-        match table.secrets.get(user) {
-            Some(secret) => apop::verify(timestamp, secret.as_bytes(), digest),
-            None => {
-                // Same work as a known user, so timing tells nothing.
-                let _ = apop::verify(timestamp, b"apopd dummy secret", digest);
-                false
-            }
-        }
-    }
-}
-
-impl sasl::Secrets for Authenticator {
-    fn secret_of(&self, user: &str) -> Option<String> {
-        self.table().secrets.get(user).cloned()
+        checked.ok().flatten()
     }
 }

@@ -4,6 +4,7 @@ use std::time::Instant;
 
 use super::transaction::Transaction;
 use super::{Context, Outcome};
+use crate::auth::Checked;
 use crate::auth::sasl::{self, Exchange, Mechanism, Step};
 use crate::i18n::Key;
 use crate::metrics::{LoginResult, Method};
@@ -82,7 +83,7 @@ impl Authorization {
                     return refusal;
                 }
                 let started = Instant::now();
-                let accepted = cx.shared.auth.check_apop(&name, &cx.timestamp, &digest);
+                let accepted = cx.shared.auth.check_apop(&name, &cx.timestamp, &digest).await;
                 // A hint may explain the digest's syntax: that says nothing about the user.
                 let malformed = digest.len() != 32 || !digest.bytes().all(|b| b.is_ascii_hexdigit());
                 login(cx, name, accepted, Method::Apop, started, malformed.then_some(Key::HintApopDigest)).await
@@ -124,7 +125,11 @@ impl Authorization {
             Some(None) => return Outcome::Reply(err(cx.texts().get(Key::SaslBadInitial))),
         };
         let started = Instant::now();
-        let (exchange, step) = Exchange::start(mechanism, initial, cx.shared.timestamps.next(), &cx.shared.auth);
+        let start = cx.shared.auth.sasl_start(mechanism, initial, cx.shared.timestamps.next()).await;
+        let (exchange, step) = match start {
+            Ok(start) => start,
+            Err(e) => return login(cx, String::new(), Err(e), Method::Sasl(mechanism), started, None).await,
+        };
         self.sasl = Some((mechanism, exchange));
         self.after_step(mechanism, step, started, cx).await
     }
@@ -143,7 +148,13 @@ impl Authorization {
             return Outcome::Reply(err(cx.texts().get(Key::SaslNotRunning)));
         };
         let (mechanism, started) = (*mechanism, Instant::now());
-        let step = exchange.step(&response, &cx.shared.auth);
+        let step = match cx.shared.auth.sasl_step(exchange, &response).await {
+            Ok(step) => step,
+            Err(e) => {
+                self.sasl = None;
+                return login(cx, String::new(), Err(e), Method::Sasl(mechanism), started, None).await;
+            }
+        };
         self.after_step(mechanism, step, started, cx).await
     }
 
@@ -161,8 +172,8 @@ impl Authorization {
                 let accepted = cx.shared.auth.check_password(&user, password).await;
                 login(cx, user, accepted, method, started, None).await
             }
-            Step::Authenticated { user } => login(cx, user, true, method, started, None).await,
-            Step::Failed { user } => login(cx, user.unwrap_or_default(), false, method, started, None).await,
+            Step::Authenticated { user } => login(cx, user, Ok(true), method, started, None).await,
+            Step::Failed { user } => login(cx, user.unwrap_or_default(), Ok(false), method, started, None).await,
             Step::Malformed(why) => Outcome::Reply(err(cx.texts().get(why))),
         }
     }
@@ -181,10 +192,11 @@ fn throttled(cx: &Context) -> Option<Outcome> {
 ///
 /// Every failure gets one answer, whether the user exists or not, after the same delay;
 /// `syntax_hint` (shown only with `lab_hints`) may explain the form of what the client sent.
+/// A backend that could not answer is a temporary error, not a failed login.
 async fn login(
     cx: &Context,
     user: String,
-    accepted: bool,
+    accepted: Checked,
     method: Method,
     started: Instant,
     syntax_hint: Option<Key>,
@@ -193,6 +205,14 @@ async fn login(
     let counted = |result: LoginResult, outcome: Outcome| {
         cx.shared.metrics.login(method, result, started.elapsed());
         outcome
+    };
+    let accepted = match accepted {
+        Ok(accepted) => accepted,
+        Err(e) => {
+            let method = method.log_name();
+            tracing::error!(peer = %cx.peer.ip(), user = ?user, method, "cannot check credentials: {e}");
+            return counted(LoginResult::Error, Outcome::Reply(err(t.get(Key::CredentialsUnavailable))));
+        }
     };
     let auth_failed = || match syntax_hint {
         Some(hint) => t.hinted(Key::AuthFailed, hint, &[]),

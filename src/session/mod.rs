@@ -133,8 +133,7 @@ where
     async move {
         // RFC 1939 §7: a timestamp in the greeting announces APOP; without secrets there is none,
         // and clients such as curl would otherwise try APOP and never fall back.
-        let timestamp =
-            if shared.config.apop_secrets_file.is_some() { shared.timestamps.next() } else { String::new() };
+        let timestamp = if shared.config.apop_enabled() { shared.timestamps.next() } else { String::new() };
         let lang = shared.default_language;
         let transcript = shared.transcripts.as_ref().map(|t| t.open(peer));
         let context = Context { timestamp, shared, peer, secure, lang, utf8: false };

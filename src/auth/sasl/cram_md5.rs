@@ -11,7 +11,7 @@ use crate::i18n::Key;
 const DUMMY_SECRET: &str = "apopd dummy secret";
 
 /// A CRAM-MD5 exchange after the challenge was sent.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct CramMd5 {
     challenge: String,
 }

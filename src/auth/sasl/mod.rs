@@ -79,7 +79,7 @@ pub enum Step {
 }
 
 /// One AUTH exchange in progress.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Exchange {
     /// Waiting for `authzid NUL authcid NUL password`.
     Plain,

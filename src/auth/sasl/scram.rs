@@ -17,7 +17,7 @@ pub const ITERATIONS: u32 = 4096;
 const DUMMY_SECRET: &str = "apopd dummy secret";
 
 /// Where the exchange is.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Phase {
     /// Waiting for client-first.
     Start,
@@ -30,7 +30,7 @@ enum Phase {
 }
 
 /// One SCRAM-SHA-256 exchange.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Scram {
     server_nonce: String,
     salt: Vec<u8>,

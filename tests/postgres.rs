@@ -1,0 +1,479 @@
+//! Accounts in PostgreSQL, against a real server: a throw-away cluster (`initdb`, `pg_ctl`)
+//! in a temp dir on a loopback port, with the schema SQL taken from docs/scaling-postgres.md.
+//! USER/PASS, APOP and AUTH PLAIN against rows; the database stopped mid-test (`[SYS/TEMP]`,
+//! not "wrong password") and started again; `apopd user add/passwd/del/list` on the table.
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::{Digest, Sha256};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{ALICE_APOP_SECRET, ALICE_PASSWORD, Fixture, TestServer, have_program};
+
+const APOPD: &str = env!("CARGO_BIN_EXE_apopd");
+/// The one answer to a wrong password or an unknown user.
+const AUTH_FAILED: &str = "-ERR [AUTH] invalid user name or password";
+/// `doveadm pw -s SHA512-CRYPT -p 'Correct horse 1'` (as in tests/password_import.rs).
+const SHA512_CRYPT: &str = "{SHA512-CRYPT}$6$Y4fV12nju8nptiQx$P94N3wz.7edef5QKapCzYinPWWRyQelALSzfO6YQ7qbVbUlaj9t9JtI3OCw49B7Uzj5qctsDX9KFc0XeJmZJX1";
+const SHA512_PASSWORD: &str = "Correct horse 1";
+/// Every mechanism, so that CRAM-MD5 and SCRAM look the APOP secret up in the database too.
+const ALL_SASL: &str = "sasl_mechanisms = [\"SCRAM-SHA-256\", \"CRAM-MD5\", \"PLAIN\", \"LOGIN\"]";
+/// The failed-login delay in these tests: a `[SYS/TEMP]` must come back faster.
+const FAILURE_DELAY_MS: u64 = 800;
+
+/// The directory of `initdb` and `pg_ctl`: Debian keeps them out of PATH, under
+/// /usr/lib/postgresql/<version>/bin. `None` (with the usual skip line, or a failure under
+/// APOPD_REQUIRE_EXTERNAL) when PostgreSQL is not installed.
+fn postgres_bin() -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path().join("bin"))
+        .filter(|bin| bin.join("initdb").is_file() && bin.join("pg_ctl").is_file())
+        .collect();
+    dirs.sort();
+    if let Some(newest) = dirs.pop() {
+        return Some(newest);
+    }
+    // Elsewhere they may be on PATH; have_program prints the skip line (or fails in CI).
+    have_program("initdb", "postgresql").then(|| PathBuf::from(""))
+}
+
+/// A free loopback port (bound and released: a tiny race, fine for a test).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// A throw-away cluster; stopped (immediately) when dropped.
+struct Cluster {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+    /// TLS on, and TCP clients must use it (`hostssl` only).
+    tls: bool,
+}
+
+impl Cluster {
+    /// initdb (trust auth, user `postgres`) and start on a free loopback port.
+    fn start(bin: PathBuf) -> Cluster {
+        let cluster = Cluster::init(bin, false);
+        cluster.pg_start();
+        cluster
+    }
+
+    /// Like `start`, with TLS from `server.pem`/`server.key` (a certificate for 127.0.0.1
+    /// that `ca` signed, returned as PEM) and plaintext TCP refused by pg_hba.conf.
+    fn start_tls(bin: PathBuf) -> (Cluster, String) {
+        let cluster = Cluster::init(bin, true);
+        let (ca_key, leaf_key) = (rcgen::KeyPair::generate().unwrap(), rcgen::KeyPair::generate().unwrap());
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap().signed_by(&leaf_key, &issuer);
+        let data = cluster.dir.path().join("data");
+        std::fs::write(data.join("server.pem"), leaf.unwrap().pem()).unwrap();
+        std::fs::write(data.join("server.key"), leaf_key.serialize_pem()).unwrap();
+        std::fs::write(data.join("pg_hba.conf"), "local all all trust\nhostssl all all 127.0.0.1/32 trust\n").unwrap();
+        if let Some(nobody) = Cluster::nobody() {
+            for file in ["server.pem", "server.key", "pg_hba.conf"] {
+                nix::unistd::chown(&data.join(file), Some(nobody.uid), Some(nobody.gid)).unwrap();
+            }
+        }
+        std::fs::set_permissions(data.join("server.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        cluster.pg_start();
+        (cluster, ca.pem())
+    }
+
+    /// The account the cluster runs as when we are root (initdb refuses root).
+    fn nobody() -> Option<nix::unistd::User> {
+        nix::unistd::geteuid()
+            .is_root()
+            .then(|| nix::unistd::User::from_name("nobody").expect("getpwnam").expect("user nobody"))
+    }
+
+    fn init(bin: PathBuf, tls: bool) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cluster = Cluster { dir, bin, port: free_port(), tls };
+        if let Some(nobody) = Cluster::nobody() {
+            nix::unistd::chown(cluster.dir.path(), Some(nobody.uid), Some(nobody.gid)).expect("chown");
+        }
+        let data = cluster.data();
+        cluster.run("initdb", &["-D", &data, "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"]);
+        cluster
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    /// Run a PostgreSQL program (as nobody when we are root); panics with its output on failure.
+    fn run(&self, program: &str, args: &[&str]) -> Output {
+        let path = self.bin.join(program);
+        let mut command = if Cluster::nobody().is_some() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "nobody", "--"]).arg(&path);
+            c
+        } else {
+            Command::new(&path)
+        };
+        let out = command.args(args).current_dir(self.dir.path()).stdin(Stdio::null()).output().expect(program);
+        assert!(
+            out.status.success(),
+            "{program} {args:?}: {}\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn pg_start(&self) {
+        let mut options =
+            format!("-k {} -p {} -c listen_addresses=127.0.0.1 -c fsync=off", self.dir.path().display(), self.port);
+        if self.tls {
+            options.push_str(" -c ssl=on -c ssl_cert_file=server.pem -c ssl_key_file=server.key");
+        }
+        let log = self.dir.path().join("server.log").display().to_string();
+        self.run("pg_ctl", &["-D", &self.data(), "-l", &log, "-w", "-t", "30", "-o", &options, "start"]);
+    }
+
+    fn pg_stop(&self) {
+        self.run("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "stop"]);
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// A fixture whose config keeps the accounts in this cluster.
+    fn fixture(&self, extra: &str) -> Fixture {
+        Fixture::new(&format!(
+            "auth_failure_delay_ms = {FAILURE_DELAY_MS}\nauth_failure_delay_max_ms = {FAILURE_DELAY_MS}\n{extra}\n[users]\nbackend = \"postgres\"\nurl = \"{}\"\ntimeout_ms = 1500\n",
+            self.url()
+        ))
+    }
+
+    /// Run SQL statements (the documented schema, test rows), over the Unix socket.
+    async fn sql(&self, statements: &str) {
+        let socket = format!("host={} port={} user=postgres dbname=postgres", self.dir.path().display(), self.port);
+        let (client, connection) = tokio_postgres::connect(&socket, tokio_postgres::NoTls).await.expect("connect");
+        let driver = tokio::spawn(connection);
+        client.batch_execute(statements).await.expect("sql");
+        drop(client);
+        let _ = driver.await;
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let mut command = if Cluster::nobody().is_some() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "nobody", "--"]).arg(self.bin.join("pg_ctl"));
+            c
+        } else {
+            Command::new(self.bin.join("pg_ctl"))
+        };
+        let _ = command.args(["-D", &self.data(), "-m", "immediate", "-w", "stop"]).stderr(Stdio::null()).output();
+    }
+}
+
+/// The `CREATE TABLE` block of docs/scaling-postgres.md: the test proves the documented schema.
+fn documented_schema() -> String {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/scaling-postgres.md")).expect("doc");
+    let start = doc.find("```sql\n").expect("a ```sql block in docs/scaling-postgres.md") + "```sql\n".len();
+    let end = doc[start..].find("```").expect("end of the sql block") + start;
+    doc[start..end].to_owned()
+}
+
+/// An argon2id hash of `password`, as `apopd user add` stores it.
+fn argon2(password: &str) -> String {
+    apopd::auth::password::hash(password.as_bytes()).expect("hash")
+}
+
+/// The `apopd user …` command with `stdin`.
+fn apopd(args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(APOPD)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run apopd");
+    let _ = child.stdin.take().expect("stdin").write_all(stdin.as_bytes());
+    child.wait_with_output().expect("wait")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The decoded challenge of a `+ …` continuation line.
+fn challenge(line: &str) -> Vec<u8> {
+    let encoded = line.strip_prefix("+ ").unwrap_or_else(|| panic!("not a continuation: {line}"));
+    B64.decode(encoded).expect("challenge is base64")
+}
+
+/// AUTH CRAM-MD5 as `user` with `secret` (as in tests/sasl.rs); the final reply.
+async fn cram_md5(c: &mut common::Client, user: &str, secret: &str) -> String {
+    let reply = c.cmd("AUTH CRAM-MD5").await;
+    if !reply.starts_with("+ ") {
+        return reply;
+    }
+    let mut mac = <Hmac<md5::Md5> as KeyInit>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(&challenge(&reply));
+    let digest = base16ct::lower::encode_string(&mac.finalize().into_bytes());
+    c.cmd(&B64.encode(format!("{user} {digest}"))).await
+}
+
+/// AUTH SCRAM-SHA-256 with the client-first as initial response (RFC 5802, as in
+/// tests/sasl.rs); the final reply.
+async fn scram(c: &mut common::Client, user: &str, secret: &str) -> String {
+    let client_nonce = "fyko+d2lbbFgONRv9qkxdawL";
+    let bare = format!("n={user},r={client_nonce}");
+    let reply = c.cmd(&format!("AUTH SCRAM-SHA-256 {}", B64.encode(format!("n,,{bare}")))).await;
+    if !reply.starts_with("+ ") {
+        return reply;
+    }
+    let server_first = String::from_utf8(challenge(&reply)).unwrap();
+    let mut fields = server_first.split(',');
+    let nonce = fields.next().unwrap().strip_prefix("r=").unwrap().to_owned();
+    let salt = B64.decode(fields.next().unwrap().strip_prefix("s=").unwrap()).unwrap();
+    let rounds: u32 = fields.next().unwrap().strip_prefix("i=").unwrap().parse().unwrap();
+    let mut salted = [0u8; 32];
+    pbkdf2::pbkdf2_hmac::<Sha256>(secret.as_bytes(), &salt, rounds, &mut salted);
+    let hmac = |key: &[u8], data: &[u8]| {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).unwrap();
+        mac.update(data);
+        mac.finalize().into_bytes().to_vec()
+    };
+    let client_key = hmac(&salted, b"Client Key");
+    let without_proof = format!("c=biws,r={nonce}");
+    let auth_message = format!("{bare},{server_first},{without_proof}");
+    let signature = hmac(&Sha256::digest(&client_key), auth_message.as_bytes());
+    let proof: Vec<u8> = client_key.iter().zip(signature).map(|(k, s)| k ^ s).collect();
+    let reply = c.cmd(&B64.encode(format!("{without_proof},p={}", B64.encode(&proof)))).await;
+    if !reply.starts_with("+ ") {
+        return reply;
+    }
+    c.cmd("").await
+}
+
+async fn login_time(server: &TestServer, user: &str, password: &str) -> (String, Duration) {
+    let mut client = server.connect().await;
+    let started = Instant::now();
+    let reply = client.login(user, password).await;
+    let took = started.elapsed();
+    if reply.starts_with("+OK") {
+        // Release the mailbox lock before the next login of the same user.
+        let bye = client.cmd("QUIT").await;
+        assert!(bye.starts_with("+OK"), "{bye}");
+    }
+    (reply, took)
+}
+
+/// QUIT a logged-in session, so its mailbox lock is gone before the next login.
+async fn quit(client: &mut common::Client) {
+    let bye = client.cmd("QUIT").await;
+    assert!(bye.starts_with("+OK"), "{bye}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_against_rows_survive_a_database_outage() {
+    let Some(bin) = postgres_bin() else { return };
+    let cluster = Cluster::start(bin);
+    let schema = documented_schema();
+    let rows = format!(
+        "INSERT INTO pop3_users (name, password, apop_secret) VALUES ('alice', '{}', '{ALICE_APOP_SECRET}');
+         INSERT INTO pop3_users (name, password) VALUES ('bob', '{SHA512_CRYPT}');",
+        argon2(ALICE_PASSWORD)
+    );
+    cluster.sql(&format!("{schema}\n{rows}")).await;
+    let server = TestServer::start_on(cluster.fixture(ALL_SASL)).await;
+
+    // USER/PASS (bare argon2id), APOP, CRAM-MD5 and SCRAM-SHA-256 (the secret column) and
+    // AUTH PLAIN ({SHA512-CRYPT} row).
+    let (reply, _) = login_time(&server, "alice", ALICE_PASSWORD).await;
+    assert!(reply.starts_with("+OK"), "{reply}");
+    let mut client = server.connect().await;
+    let reply = client.apop("alice", ALICE_APOP_SECRET).await;
+    assert!(reply.starts_with("+OK"), "APOP: {reply}");
+    quit(&mut client).await;
+    let mut client = server.connect().await;
+    let plain = B64.encode(format!("\0bob\0{SHA512_PASSWORD}"));
+    let reply = client.cmd(&format!("AUTH PLAIN {plain}")).await;
+    assert!(reply.starts_with("+OK"), "AUTH PLAIN: {reply}");
+    quit(&mut client).await;
+    let mut client = server.connect().await;
+    let reply = cram_md5(&mut client, "alice", ALICE_APOP_SECRET).await;
+    assert!(reply.starts_with("+OK"), "CRAM-MD5: {reply}");
+    quit(&mut client).await;
+    let mut client = server.connect().await;
+    let reply = scram(&mut client, "alice", ALICE_APOP_SECRET).await;
+    assert!(reply.starts_with("+OK"), "SCRAM-SHA-256: {reply}");
+    quit(&mut client).await;
+    let mut client = server.connect().await;
+    assert_eq!(cram_md5(&mut client, "alice", "wrong").await, AUTH_FAILED);
+    assert_eq!(cram_md5(&mut client, "nobody-here", ALICE_APOP_SECRET).await, AUTH_FAILED);
+    assert_eq!(scram(&mut client, "bob", ALICE_APOP_SECRET).await, AUTH_FAILED, "bob has no APOP secret");
+
+    // Wrong password and unknown user: one answer, after the failure delay.
+    for (user, password) in [("alice", "wrong"), ("nobody-here", ALICE_PASSWORD), ("bob", "wrong")] {
+        let (reply, took) = login_time(&server, user, password).await;
+        assert_eq!(reply, AUTH_FAILED, "{user}");
+        assert!(took >= Duration::from_millis(FAILURE_DELAY_MS), "{user}: {took:?}");
+    }
+    let mut client = server.connect().await;
+    assert_eq!(client.apop("nobody-here", ALICE_APOP_SECRET).await, AUTH_FAILED);
+
+    // Database down: a temporary error, quickly, with no failure delay; never "wrong password".
+    cluster.pg_stop();
+    for _ in 0..2 {
+        let (reply, took) = login_time(&server, "alice", ALICE_PASSWORD).await;
+        assert!(reply.starts_with("-ERR [SYS/TEMP]"), "{reply}");
+        assert!(took < Duration::from_millis(FAILURE_DELAY_MS), "{took:?}");
+    }
+    let mut client = server.connect().await;
+    let reply = client.apop("alice", ALICE_APOP_SECRET).await;
+    assert!(reply.starts_with("-ERR [SYS/TEMP]"), "APOP: {reply}");
+    let reply = cram_md5(&mut client, "alice", ALICE_APOP_SECRET).await;
+    assert!(reply.starts_with("-ERR [SYS/TEMP]"), "CRAM-MD5: {reply}");
+    let reply = scram(&mut client, "alice", ALICE_APOP_SECRET).await;
+    assert!(reply.starts_with("-ERR [SYS/TEMP]"), "SCRAM: {reply}");
+    let plain = B64.encode(format!("\0alice\0{ALICE_PASSWORD}"));
+    let reply = client.cmd(&format!("AUTH PLAIN {plain}")).await;
+    assert!(reply.starts_with("-ERR [SYS/TEMP]"), "AUTH PLAIN: {reply}");
+
+    // Back up: the pool reconnects, the very next login works.
+    cluster.pg_start();
+    let (reply, _) = login_time(&server, "alice", ALICE_PASSWORD).await;
+    assert!(reply.starts_with("+OK"), "after restart: {reply}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_database_times_out_with_sys_temp() {
+    // A "database" that accepts connections and never answers: the bounded timeout must end it.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let held = std::thread::spawn(move || listener.incoming().take(4).flatten().collect::<Vec<_>>());
+    let extra = format!(
+        "auth_failure_delay_ms = {FAILURE_DELAY_MS}\nauth_failure_delay_max_ms = {FAILURE_DELAY_MS}\n[users]\nbackend = \"postgres\"\nurl = \"postgres://apopd@127.0.0.1:{port}/mail\"\ntimeout_ms = 300\n"
+    );
+    let server = TestServer::start_on(Fixture::new(&extra)).await;
+    let (reply, took) = login_time(&server, "alice", ALICE_PASSWORD).await;
+    assert!(reply.starts_with("-ERR [SYS/TEMP]"), "{reply}");
+    assert!(took >= Duration::from_millis(300) && took < Duration::from_millis(FAILURE_DELAY_MS), "{took:?}");
+    drop(server);
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_commands_manage_rows() {
+    let Some(bin) = postgres_bin() else { return };
+    let cluster = Cluster::start(bin);
+    cluster.sql(&documented_schema()).await;
+    let fixture = cluster.fixture("");
+    for sub in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(fixture.maildir("carol").join(sub)).expect("carol's maildir");
+    }
+    let config = fixture.config_path.display().to_string();
+    let ok = |out: Output, what: &str| {
+        assert!(out.status.success(), "{what}: {}{}", text(&out.stdout), text(&out.stderr));
+        text(&out.stdout)
+    };
+
+    assert_eq!(
+        ok(apopd(&["user", "add", "carol", "--apop", "-c", &config], "first\nsesame\n"), "add"),
+        "added carol\n"
+    );
+    let again = apopd(&["user", "add", "carol", "-c", &config], "x\n");
+    assert!(!again.status.success() && text(&again.stderr).contains("exists"), "{}", text(&again.stderr));
+    assert_eq!(ok(apopd(&["user", "add", "dave", "-c", &config], "pw\n"), "add dave"), "added dave\n");
+    assert_eq!(ok(apopd(&["user", "list", "-c", &config], ""), "list"), "carol password,apop\ndave password\n");
+
+    let server = TestServer::start_on(fixture).await;
+    let (reply, _) = login_time(&server, "carol", "first").await;
+    assert!(reply.starts_with("+OK"), "the password written by user add: {reply}");
+
+    assert_eq!(ok(apopd(&["user", "passwd", "carol", "-c", &config], "second\n"), "passwd"), "updated carol\n");
+    assert_eq!(login_time(&server, "carol", "first").await.0, AUTH_FAILED);
+    let (reply, _) = login_time(&server, "carol", "second").await;
+    assert!(reply.starts_with("+OK"), "after passwd: {reply}");
+    let missing = apopd(&["user", "passwd", "erin", "-c", &config], "x\n");
+    assert!(!missing.status.success() && text(&missing.stderr).contains("no such user"), "{}", text(&missing.stderr));
+
+    assert!(ok(apopd(&["user", "del", "carol", "-c", &config], ""), "del").starts_with("removed carol"));
+    assert_eq!(ok(apopd(&["user", "list", "-c", &config], ""), "list"), "dave password\n");
+    assert_eq!(login_time(&server, "carol", "second").await.0, AUTH_FAILED);
+    let gone = apopd(&["user", "del", "carol", "-c", &config], "");
+    assert!(!gone.status.success() && text(&gone.stderr).contains("no such user"), "{}", text(&gone.stderr));
+
+    // deliver knows a user without a maildir by their row.
+    let deliver = |user: &str| {
+        let out = apopd(&["deliver", user, "-c", &config], "Subject: hi\n\nhello\n");
+        (out.status.code(), text(&out.stderr))
+    };
+    assert_eq!(deliver("dave").0, Some(0), "{}", deliver("dave").1);
+    assert!(server.fixture.maildir("dave").join("new").read_dir().unwrap().next().is_some());
+    assert_eq!(deliver("zed").0, Some(67));
+
+    // check-config connects and runs both queries.
+    ok(apopd(&["check-config", "-c", &config], ""), "check-config");
+
+    // The database down: the CLI says so and fails, it does not pretend.
+    cluster.pg_stop();
+    let down = apopd(&["user", "list", "-c", &config], "");
+    assert!(!down.status.success() && text(&down.stderr).contains("cannot connect"), "{}", text(&down.stderr));
+    assert_eq!(deliver("zed").0, Some(75), "database down: try later");
+    let down = apopd(&["check-config", "-c", &config], "");
+    assert!(!down.status.success() && text(&down.stderr).contains("unavailable"), "{}", text(&down.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sslmode_require_logs_in_over_verified_tls() {
+    let Some(bin) = postgres_bin() else { return };
+    let (cluster, ca_pem) = Cluster::start_tls(bin);
+    let rows = format!(
+        "{}\nINSERT INTO pop3_users (name, password) VALUES ('alice', '{}');",
+        documented_schema(),
+        argon2(ALICE_PASSWORD)
+    );
+    cluster.sql(&rows).await;
+    let tls = |ca: &str| {
+        let fixture = Fixture::new(&format!(
+            "auth_failure_delay_ms = {FAILURE_DELAY_MS}\nauth_failure_delay_max_ms = {FAILURE_DELAY_MS}\n[users]\nbackend = \"postgres\"\nca_file = \"db-ca.pem\"\n\
+             url = \"postgres://postgres@127.0.0.1:{}/postgres?sslmode=require\"\n",
+            cluster.port
+        ));
+        std::fs::write(fixture.dir.path().join("db-ca.pem"), ca).unwrap();
+        fixture
+    };
+
+    // pg_hba.conf allows TCP only with TLS: this login proves apopd used it.
+    let server = TestServer::start_on(tls(&ca_pem)).await;
+    let (reply, _) = login_time(&server, "alice", ALICE_PASSWORD).await;
+    if !reply.starts_with("+OK") {
+        let why = apopd(&["check-config", "-c", &server.fixture.config_path.display().to_string()], "");
+        panic!("over TLS: {reply}\ncheck-config says: {}", text(&why.stderr));
+    }
+    drop(server);
+
+    // Without sslmode=require the same server refuses us; and a CA that did not sign the
+    // database's certificate fails verification: both are [SYS/TEMP], not a wrong password.
+    let plain = TestServer::start_on(cluster.fixture("")).await;
+    assert!(login_time(&plain, "alice", ALICE_PASSWORD).await.0.starts_with("-ERR [SYS/TEMP]"));
+    drop(plain);
+    let other_ca = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap().cert.pem();
+    let wrong_ca = TestServer::start_on(tls(&other_ca)).await;
+    assert!(login_time(&wrong_ca, "alice", ALICE_PASSWORD).await.0.starts_with("-ERR [SYS/TEMP]"));
+}
