@@ -42,13 +42,16 @@ impl Body {
 pub struct Transaction {
     mailbox: Arc<Mailbox>,
     deleted: Vec<bool>,
+    /// Messages RETR sent, to be marked seen at UPDATE (TOP does not count, as in Dovecot).
+    retrieved: Vec<bool>,
 }
 
 impl Transaction {
     /// Start TRANSACTION on a locked, scanned mailbox.
     pub fn new(mailbox: Mailbox) -> Self {
         let deleted = vec![false; mailbox.messages().len()];
-        Transaction { mailbox: Arc::new(mailbox), deleted }
+        let retrieved = deleted.clone();
+        Transaction { mailbox: Arc::new(mailbox), deleted, retrieved }
     }
 
     /// Messages not marked deleted, and their octets.
@@ -138,7 +141,7 @@ impl Transaction {
     }
 
     /// RETR (`top` = None) or TOP: open the file before saying +OK, so a missing file is an -ERR.
-    async fn message(&self, number: u64, top: Option<u64>) -> Outcome {
+    async fn message(&mut self, number: u64, top: Option<u64>) -> Outcome {
         let i = match self.index(number) {
             Ok(i) => i,
             Err(e) => return Outcome::Reply(e),
@@ -147,6 +150,9 @@ impl Transaction {
         let opened = tokio::task::spawn_blocking(move || Body::open(&mailbox, i)).await;
         match opened {
             Ok(Ok(body)) => {
+                if top.is_none() {
+                    self.retrieved[i] = true;
+                }
                 let size = self.mailbox.messages()[i].size;
                 let status = match top {
                     None => ok(&format!("{size} octets")),
@@ -166,12 +172,14 @@ impl Transaction {
         }
     }
 
-    /// UPDATE: remove the marked messages, then release the lock (by dropping the mailbox).
+    /// UPDATE: mark the retrieved messages seen, remove the marked ones, then release the
+    /// lock (by dropping the mailbox).
     pub async fn update(self) -> Vec<u8> {
         let marked: Vec<usize> = (0..self.deleted.len()).filter(|&i| self.deleted[i]).collect();
+        let seen: Vec<usize> = (0..self.deleted.len()).filter(|&i| self.retrieved[i] && !self.deleted[i]).collect();
         let total = marked.len();
         let mailbox = self.mailbox;
-        let removal = tokio::task::spawn_blocking(move || mailbox.remove(&marked)).await;
+        let removal = tokio::task::spawn_blocking(move || mailbox.update(&seen, &marked)).await;
         match removal {
             Ok(removal) if removal.failed.is_empty() => {
                 tracing::info!(deleted = removal.removed, "UPDATE done");

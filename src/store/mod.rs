@@ -1,6 +1,7 @@
 //! Maildir storage: where a user's mailbox is, opening it for a session, delivery.
 
 pub mod deliver;
+pub mod flags;
 pub mod index;
 pub mod lock;
 pub mod mailbox;
