@@ -61,6 +61,27 @@ pub enum Command {
         #[command(subcommand)]
         action: UserAction,
     },
+    /// Prepare a switch from another POP3 server (Dovecot, Courier, qpopper).
+    Migrate {
+        /// What to check.
+        #[command(subcommand)]
+        action: MigrateAction,
+    },
+}
+
+/// The subcommands of `apopd migrate`.
+#[derive(Subcommand, Debug)]
+pub enum MigrateAction {
+    /// Report, read-only, per maildir: how many messages keep the UIDL the old server gave
+    /// (Dovecot's, Courier's, qpopper's X-UIDL) and how many get a new one, and why.
+    Check {
+        /// Maildirs, or mail roots whose subdirectories are maildirs.
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        /// The uidl_format to report for (as in the config file).
+        #[arg(long, default_value = "auto")]
+        uidl_format: String,
+    },
 }
 
 /// The subcommands of `apopd user`.

@@ -294,6 +294,10 @@ fn apopd_serves_dovecots_uidls_and_leaves_dovecot_a_consistent_mailbox() {
     assert!(cyrus_uidls[0].contains('.'), "{}", cyrus_uidls[0]);
     assert!(names_in(&maildir.join("new")).is_empty(), "Dovecot's pop3 moves new/ to cur/");
     let uidlist_before = fs::read(maildir.join("dovecot-uidlist")).unwrap();
+    let check = Command::new(env!("CARGO_BIN_EXE_apopd")).args(["migrate", "check"]).arg(&mail).output().unwrap();
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert!(report.contains(&format!("{COUNT} messages")), "{report}");
+    assert!(report.contains(&format!("    {COUNT}  keep Dovecot's UIDL (pop3_uidl_format)\n")), "{report}");
 
     // apopd, uidl_format = auto: exactly Dovecot's listing and sizes.
     let fixture = Fixture::new(&format!(

@@ -153,18 +153,33 @@ impl Maildir {
     ///
     /// Blocking.
     pub fn open(location: &Location, policy: &Policy, check_owner: bool) -> Result<Maildir, WalkError> {
+        Maildir::walk(location, policy, check_owner, true)
+    }
+
+    /// Walk to an existing maildir without creating anything (`apopd migrate check`). The
+    /// owner rule is not applied to the maildir itself; messages are checked as `policy` says.
+    ///
+    /// Blocking.
+    pub fn open_read_only(location: &Location, policy: &Policy) -> Result<Maildir, WalkError> {
+        Maildir::walk(location, policy, false, false)
+    }
+
+    fn walk(location: &Location, policy: &Policy, check_owner: bool, create: bool) -> Result<Maildir, WalkError> {
         let path = location.path();
         let io_err = |what: &str, e: Errno| WalkError::Io(format!("cannot open {what}: {}", io::Error::from(e)));
-        std::fs::create_dir_all(&location.trusted)
-            .map_err(|e| WalkError::Io(format!("cannot create {}: {e}", location.trusted.display())))?;
+        if create {
+            std::fs::create_dir_all(&location.trusted)
+                .map_err(|e| WalkError::Io(format!("cannot create {}: {e}", location.trusted.display())))?;
+        }
         let mut dir = nix::fcntl::open(&location.trusted, DIR_FLAGS, Mode::empty())
             .map_err(|e| io_err(&location.trusted.display().to_string(), e))?;
         let mut walked = location.trusted.clone();
         for part in &location.parts {
             walked.push(part);
-            dir = open_dir(&dir, part, !policy.allow_symlinked_maildir, &walked)?;
+            dir = open_dir(&dir, part, !policy.allow_symlinked_maildir, create, &walked)?;
         }
-        let [cur, new, tmp] = ["cur", "new", "tmp"].map(|sub| open_dir(&dir, OsStr::new(sub), true, &path.join(sub)));
+        let [cur, new, tmp] =
+            ["cur", "new", "tmp"].map(|sub| open_dir(&dir, OsStr::new(sub), true, create, &path.join(sub)));
         let (cur, new, tmp) = (cur?, new?, tmp?);
         let stat = fstat(&dir).map_err(|e| io_err(&path.display().to_string(), e))?;
         let file_owner =
@@ -425,11 +440,11 @@ fn single_component(name: &[u8]) -> io::Result<&OsStr> {
 
 /// Open (creating when missing) the directory `name` in `parent`, without following a
 /// symlink when `no_follow`.
-fn open_dir(parent: &OwnedFd, name: &OsStr, no_follow: bool, path: &Path) -> Result<OwnedFd, WalkError> {
+fn open_dir(parent: &OwnedFd, name: &OsStr, no_follow: bool, create: bool, path: &Path) -> Result<OwnedFd, WalkError> {
     let flags = if no_follow { DIR_FLAGS | OFlag::O_NOFOLLOW } else { DIR_FLAGS };
     let open = || openat(parent, name, flags, Mode::empty());
     let opened = match open() {
-        Err(Errno::ENOENT) => {
+        Err(Errno::ENOENT) if create => {
             match mkdirat(parent, name, Mode::from_bits_truncate(0o700)) {
                 Ok(()) | Err(Errno::EEXIST) => {}
                 Err(e) => {
