@@ -96,7 +96,7 @@ fn notes(maildir: &Maildir, scheme: &Scheme) -> Vec<String> {
         Some(Ok(list)) => notes.push(format!(
             "{}: {} messages, UIDVALIDITY {}, next UID {}",
             uidl::DOVECOT_UIDLIST,
-            list.records.len(),
+            list.len(),
             list.uid_validity,
             list.next_uid
         )),

@@ -124,34 +124,60 @@ impl Format {
 
     /// The UIDL Dovecot would render, or `None` when a needed value is missing.
     pub fn render(&self, values: &Values<'_>) -> Option<String> {
+        use std::fmt::Write as _;
         let mut out = String::with_capacity(24);
+        let mut value = String::with_capacity(24); // one scratch buffer: no allocation per part
         for part in &self.parts {
-            match part {
-                Part::Text(text) => out.push_str(text),
-                Part::Var { key, zero_pad, width, modifiers } => {
-                    let mut value = match key {
-                        Key::Uid => values.uid?.to_string(),
-                        Key::UidValidity => values.uid_validity?.to_string(),
-                        Key::FileName => values.file_name.to_owned(),
-                        Key::Guid => values.guid.unwrap_or(values.file_name).to_owned(),
-                    };
-                    for m in modifiers {
-                        value = match m {
-                            // Dovecot: str_to_uintmax, 0 when not a number, printed with %llx.
-                            'X' => format!("{:x}", value.parse::<u64>().unwrap_or(0)),
-                            'L' => value.to_ascii_lowercase(),
-                            _ => value.to_ascii_uppercase(),
-                        };
-                    }
-                    if *width == 0 {
-                        out.push_str(&value);
-                    } else if *zero_pad {
-                        out.extend(std::iter::repeat_n('0', width.saturating_sub(value.len())));
-                        out.push_str(&value);
-                    } else {
-                        out.extend(value.chars().take(*width));
-                    }
+            let Part::Var { key, zero_pad, width, modifiers } = part else {
+                if let Part::Text(text) = part {
+                    out.push_str(text);
                 }
+                continue;
+            };
+            value.clear();
+            let number = match key {
+                Key::Uid => Some(u64::from(values.uid?)),
+                Key::UidValidity => Some(u64::from(values.uid_validity?)),
+                Key::FileName => {
+                    value.push_str(values.file_name);
+                    None
+                }
+                Key::Guid => {
+                    value.push_str(values.guid.unwrap_or(values.file_name));
+                    None
+                }
+            };
+            let mut modifiers = modifiers.iter().peekable();
+            match (number, modifiers.peek()) {
+                // The usual `%08Xu`: straight to hex, as Dovecot's %llx.
+                (Some(n), Some('X')) => {
+                    modifiers.next();
+                    let _ = write!(value, "{n:x}");
+                }
+                (Some(n), _) => {
+                    let _ = write!(value, "{n}");
+                }
+                (None, _) => {}
+            }
+            for m in modifiers {
+                match m {
+                    // Dovecot: str_to_uintmax, 0 when not a number, printed with %llx.
+                    'X' => {
+                        let n = value.parse::<u64>().unwrap_or(0);
+                        value.clear();
+                        let _ = write!(value, "{n:x}");
+                    }
+                    'L' => value.make_ascii_lowercase(),
+                    _ => value.make_ascii_uppercase(),
+                }
+            }
+            if *width == 0 {
+                out.push_str(&value);
+            } else if *zero_pad {
+                out.extend(std::iter::repeat_n('0', width.saturating_sub(value.len())));
+                out.push_str(&value);
+            } else {
+                out.extend(value.chars().take(*width));
             }
         }
         Some(out)
