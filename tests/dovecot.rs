@@ -31,18 +31,19 @@ struct Lines {
 }
 
 impl Lines {
-    fn connect(port: u16) -> Lines {
+    /// Connect, waiting up to 10 s for the server to listen.
+    fn connect(port: u16) -> Result<Lines, String> {
         let deadline = Instant::now() + Duration::from_secs(10);
         let stream = loop {
             match TcpStream::connect(("127.0.0.1", port)) {
                 Ok(s) => break s,
-                Err(e) if Instant::now() > deadline => panic!("cannot connect to port {port}: {e}"),
+                Err(e) if Instant::now() > deadline => return Err(format!("cannot connect to port {port}: {e}")),
                 Err(_) => std::thread::sleep(Duration::from_millis(20)),
             }
         };
         stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         let writer = stream.try_clone().unwrap();
-        Lines { reader: BufReader::new(stream), writer }
+        Ok(Lines { reader: BufReader::new(stream), writer })
     }
 
     fn line(&mut self) -> String {
@@ -85,15 +86,17 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// The uid (and name) Dovecot's mail processes and the maildir get: as root, nobody (Dovecot
-/// refuses uid 0 for mail); otherwise the user running the test.
-fn mail_account() -> (u32, u32, String) {
+/// The uid and gid Dovecot's mail processes and the maildir get, and the user and group names
+/// an unprivileged Dovecot runs everything as: as root, nobody (Dovecot refuses uid 0 for mail)
+/// and Dovecot's own accounts; otherwise the user running the test.
+fn mail_account() -> (u32, u32, Option<(String, String)>) {
     let (uid, gid) = (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw());
     if uid == 0 {
-        return (65534, 65534, String::new());
+        return (65534, 65534, None);
     }
-    let name = nix::unistd::User::from_uid(uid.into()).unwrap().unwrap().name;
-    (uid, gid, name)
+    let user = nix::unistd::User::from_uid(uid.into()).unwrap().unwrap().name;
+    let group = nix::unistd::Group::from_gid(gid.into()).unwrap().unwrap().name;
+    (uid, gid, Some((user, group)))
 }
 
 /// A private Dovecot: master in the foreground, killed on drop.
@@ -112,12 +115,16 @@ impl Dovecot {
         fs::create_dir_all(dir.join("run")).unwrap();
         fs::create_dir_all(dir.join("state")).unwrap();
         fs::write(dir.join("passwd"), format!("alice:{{PLAIN}}{ALICE_PASSWORD}:{uid}:{gid}::::\n")).unwrap();
-        let users = if name.is_empty() {
-            "default_internal_user = dovecot\ndefault_login_user = dovenull\n".to_owned()
-        } else {
-            format!("default_internal_user = {name}\ndefault_login_user = {name}\ndefault_internal_group = {name}\n")
+        let users = match name {
+            None => "default_internal_user = dovecot\ndefault_login_user = dovenull\n".to_owned(),
+            Some((user, group)) => {
+                format!(
+                    "default_internal_user = {user}\ndefault_login_user = {user}\ndefault_internal_group = {group}\n"
+                )
+            }
         };
         let d = dir.display();
+        // No chroot: an unprivileged master cannot chroot its login and anvil processes.
         let conf = format!(
             "base_dir = {d}/run\nstate_dir = {d}/state\nlog_path = {d}/dovecot.log\n\
              protocols = pop3 imap\nlisten = 127.0.0.1\nssl = no\ndisable_plaintext_auth = no\n\
@@ -125,8 +132,9 @@ impl Dovecot {
              pop3_uidl_format = {format}\n{users}\
              passdb {{\n  driver = passwd-file\n  args = scheme=PLAIN {d}/passwd\n}}\n\
              userdb {{\n  driver = passwd-file\n  args = {d}/passwd\n}}\n\
-             service pop3-login {{\n  inet_listener pop3 {{\n    port = {pop3}\n  }}\n  inet_listener pop3s {{\n    port = 0\n  }}\n}}\n\
-             service imap-login {{\n  inet_listener imap {{\n    port = {imap}\n  }}\n  inet_listener imaps {{\n    port = 0\n  }}\n}}\n",
+             service anvil {{\n  chroot =\n}}\n\
+             service pop3-login {{\n  chroot =\n  inet_listener pop3 {{\n    port = {pop3}\n  }}\n  inet_listener pop3s {{\n    port = 0\n  }}\n}}\n\
+             service imap-login {{\n  chroot =\n  inet_listener imap {{\n    port = {imap}\n  }}\n  inet_listener imaps {{\n    port = 0\n  }}\n}}\n",
             mail = mail.display(),
         );
         fs::write(dir.join("dovecot.conf"), conf).unwrap();
@@ -136,19 +144,21 @@ impl Dovecot {
             .arg(dir.join("dovecot.conf"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(fs::File::create(dir.join("stderr.log")).unwrap())
             .spawn()
             .expect("start dovecot");
         Dovecot { child, dir: dir.to_owned(), pop3, imap }
     }
 
-    /// Dovecot's log: errors and warnings about the mailbox would be here.
+    /// Dovecot's log (errors and warnings about the mailbox would be here), and what the
+    /// master wrote to stderr before its log was open.
     fn log(&self) -> String {
-        fs::read_to_string(self.dir.join("dovecot.log")).unwrap_or_default()
+        let read = |name: &str| fs::read_to_string(self.dir.join(name)).unwrap_or_default();
+        read("stderr.log") + &read("dovecot.log")
     }
 
     fn pop3_login(&self) -> Lines {
-        let mut c = Lines::connect(self.pop3);
+        let mut c = Lines::connect(self.pop3).unwrap_or_else(|e| panic!("Dovecot's pop3: {e}\n{}", self.log()));
         assert!(c.line().starts_with("+OK"));
         assert!(c.cmd("USER alice").starts_with("+OK"));
         let reply = c.cmd(&format!("PASS {ALICE_PASSWORD}"));
@@ -158,7 +168,7 @@ impl Dovecot {
 
     /// `(UID, flags)` of every message, by Dovecot's imap.
     fn imap_flags(&self) -> BTreeMap<u32, String> {
-        let mut c = Lines::connect(self.imap);
+        let mut c = Lines::connect(self.imap).unwrap_or_else(|e| panic!("Dovecot's imap: {e}\n{}", self.log()));
         assert!(c.line().starts_with("* OK"));
         c.imap("a", &format!("LOGIN alice {ALICE_PASSWORD}"));
         c.imap("b", "SELECT INBOX");
@@ -230,7 +240,7 @@ fn chown_tree(path: &Path, uid: u32, gid: u32) {
 
 /// apopd's UIDL and LIST listings, after logging in as alice.
 fn apopd_listings(server: &ServerProcess) -> (Vec<String>, Vec<String>, Lines) {
-    let mut c = Lines::connect(server.addr.port());
+    let mut c = Lines::connect(server.addr.port()).unwrap();
     assert!(c.line().starts_with("+OK"));
     assert!(c.cmd("USER alice").starts_with("+OK"));
     let reply = c.cmd(&format!("PASS {ALICE_PASSWORD}"));
