@@ -69,6 +69,12 @@ pub enum Command {
         #[command(subcommand)]
         action: LabAction,
     },
+    /// Prepare a switch from another POP3 server (Dovecot, Courier, qpopper).
+    Migrate {
+        /// What to check.
+        #[command(subcommand)]
+        action: MigrateAction,
+    },
 }
 
 /// The subcommands of `apopd lab`.
@@ -108,6 +114,27 @@ pub enum LabAction {
     Report {
         /// The lab directory.
         dir: PathBuf,
+    },
+}
+
+/// The subcommands of `apopd migrate`.
+#[derive(Subcommand, Debug)]
+pub enum MigrateAction {
+    /// Report, read-only, per maildir: how many messages keep the UIDL the old server gave
+    /// (Dovecot's, Courier's, qpopper's X-UIDL) and how many get a new one, and why.
+    Check {
+        /// Maildirs, or mail roots whose subdirectories are maildirs.
+        #[arg(required_unless_present = "passwd")]
+        dirs: Vec<PathBuf>,
+        /// The uidl_format to report for (as in the config file).
+        #[arg(long, default_value = "auto")]
+        uidl_format: String,
+        /// Also report on a password file: which schemes it holds and whether each verifies.
+        #[arg(long, value_name = "FILE")]
+        passwd: Option<PathBuf>,
+        /// The password file is /etc/shadow-style (default: Dovecot passwd-file).
+        #[arg(long, requires = "passwd")]
+        shadow: bool,
     },
 }
 

@@ -1,16 +1,16 @@
 //! Subcommands: the little glue each one needs (their clap definitions are `apopd::args`).
 
+mod lab;
 mod users_db;
 
 use std::collections::BTreeMap;
-mod lab;
 
 use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use apopd::args::{Args, Command, DEFAULT_CONFIG, UserAction};
+use apopd::args::{Args, Command, DEFAULT_CONFIG, MigrateAction, UserAction};
 use apopd::auth::users::{self, Entries};
 use apopd::auth::{apop, import, password};
 use apopd::config::{Config, LogFormat};
@@ -56,7 +56,43 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Deliver { user, config } => Ok(deliver(&user, &config)),
         Command::User { action } => user(action),
         Command::Lab { action } => lab::run(action),
+        Command::Migrate { action: MigrateAction::Check { dirs, uidl_format, passwd, shadow } } => {
+            migrate_check(&dirs, uidl_format, passwd.as_deref(), shadow)
+        }
     }
+}
+
+/// `apopd migrate check`: print each maildir's UIDL report; fails when one cannot be read.
+/// `apopd migrate check`: read-only reports on maildirs and, with `--passwd`, a password file.
+fn migrate_check(
+    dirs: &[PathBuf],
+    uidl_format: String,
+    passwd: Option<&Path>,
+    shadow: bool,
+) -> anyhow::Result<ExitCode> {
+    let scheme = store::uidl::Scheme::try_from(uidl_format).map_err(anyhow::Error::msg)?;
+    let mut failed = false;
+    if let Some(file) = passwd {
+        let source = if shadow { import::Source::Shadow } else { import::Source::DovecotPasswd };
+        print!("{}", import::check_report(file, source)?);
+    }
+    for dir in dirs {
+        let maildirs = store::survey::maildirs(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+        if maildirs.is_empty() {
+            eprintln!("apopd migrate check: {}: no maildir (no cur/ or new/) here or one level down", dir.display());
+            failed = true;
+        }
+        for maildir in maildirs {
+            match store::survey::survey(&maildir, &scheme) {
+                Ok(survey) => print!("{survey}"),
+                Err(e) => {
+                    eprintln!("apopd migrate check: {}: {e}", maildir.display());
+                    failed = true;
+                }
+            }
+        }
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 /// The config `serve` and `check-config` use without --config: /etc/apopd/apopd.toml when it

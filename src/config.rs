@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::sasl::Mechanism;
 use crate::i18n::Catalog;
+use crate::store::uidl::Scheme;
 use crate::store::{MailRoot, OwnerRule, Policy};
 
 /// RFC 1939 §3: an inactivity autologout timer must be at least 10 minutes.
@@ -100,6 +101,12 @@ pub struct Config {
     /// Messages larger than this many bytes are skipped, never read or served.
     #[serde(default = "default_max_message_size")]
     pub max_message_size: u64,
+    /// Where UIDLs come from: `auto`, `basename`, `courier`, `xuidl` or a Dovecot `pop3_uidl_format`.
+    #[serde(default)]
+    pub uidl_format: Scheme,
+    /// Never move messages from `new/` to `cur/` nor mark retrieved messages seen.
+    #[serde(default)]
+    pub pop3_no_flag_updates: bool,
     /// When started as root: the user to run as after binding ports and reading keys.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_as_user: Option<String>,
@@ -507,6 +514,8 @@ impl Config {
             owner: self.maildir_owner,
             allow_symlinked_maildir: self.allow_symlinked_maildir,
             max_message_size: self.max_message_size,
+            uidl: self.uidl_format.clone(),
+            no_flag_updates: self.pop3_no_flag_updates,
         };
         Ok(MailRoot::new(&self.mail_root).context("mail_root")?.with_policy(policy))
     }

@@ -320,3 +320,22 @@ fn user_commands_wait_for_the_users_file_lock() {
     assert!(child.wait().unwrap().success());
     assert_eq!(stored(&fixture, "carol"), SHA512_CRYPT);
 }
+
+/// `apopd migrate check --passwd` gives the same read-only report before a switch, with or
+/// without maildirs beside it, and needs no config.
+#[test]
+fn migrate_check_reports_on_a_password_file() {
+    let fixture = Fixture::new("");
+    let file = source(&fixture, "passwd", &format!("carol:{SHA512_CRYPT}\nerin:{{FOO}}bar\n"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_apopd"))
+        .args(["migrate", "check", "--passwd"])
+        .arg(&file)
+        .arg(fixture.maildir("alice"))
+        .output()
+        .unwrap();
+    let report = show(&out.stdout);
+    assert!(out.status.success(), "{report}\n{}", show(&out.stderr));
+    for needle in ["SHA512-CRYPT", "verifiable (sha-crypt crate)", "line 2 (erin): unknown scheme {FOO}", "messages"] {
+        assert!(report.contains(needle), "{needle:?} missing from:\n{report}");
+    }
+}

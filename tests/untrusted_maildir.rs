@@ -282,8 +282,11 @@ fn forge_index(maildir: &Path) -> PathBuf {
     let (cur, new) = (mtime_nanos(&maildir.join("cur")), mtime_nanos(&maildir.join("new")));
     let written = cur.max(new) + 60_000_000_000;
     let index = maildir.join("apopd.index");
-    fs::write(&index, format!("apopd-index 1\ndirs {cur} {new} {written}\n60 62 c 1800000000.evil.host:2,S\n"))
-        .unwrap();
+    fs::write(
+        &index,
+        format!("apopd-index 2\ndirs {cur} {new} {written}\nuidl auto\n60 62 c evil 1800000000.evil.host:2,S\n"),
+    )
+    .unwrap();
     index
 }
 

@@ -52,6 +52,8 @@ hostname = "fuzz.invalid"
 auth_failure_delay_ms = 0
 max_auth_failures_per_ip = 8
 sasl_mechanisms = ["SCRAM-SHA-256", "CRAM-MD5", "PLAIN", "LOGIN"]
+# Deletions are counted by path: keep files where they are (no new/ to cur/ moves).
+pop3_no_flag_updates = true
 "#;
 
 /// Everything the session runs share; see the module docs.

@@ -45,13 +45,16 @@ pub struct Transaction {
     user: String,
     mailbox: Arc<Mailbox>,
     deleted: Vec<bool>,
+    /// Messages RETR sent, to be marked seen at UPDATE (TOP does not count, as in Dovecot).
+    retrieved: Vec<bool>,
 }
 
 impl Transaction {
     /// Start TRANSACTION on a locked, scanned mailbox.
     pub fn new(user: String, mailbox: Mailbox) -> Self {
         let deleted = vec![false; mailbox.messages().len()];
-        Transaction { user, mailbox: Arc::new(mailbox), deleted }
+        let retrieved = deleted.clone();
+        Transaction { user, mailbox: Arc::new(mailbox), deleted, retrieved }
     }
 
     /// Who logged in.
@@ -145,7 +148,7 @@ impl Transaction {
     }
 
     /// RETR (`top` = None) or TOP: open the file before saying +OK, so a missing file is an -ERR.
-    async fn message(&self, number: u64, top: Option<u64>, t: Texts<'_>) -> Outcome {
+    async fn message(&mut self, number: u64, top: Option<u64>, t: Texts<'_>) -> Outcome {
         let i = match self.index(number, t) {
             Ok(i) => i,
             Err(e) => return Outcome::Reply(e),
@@ -154,6 +157,9 @@ impl Transaction {
         let opened = tokio::task::spawn_blocking(move || Body::open(&mailbox, i)).await;
         match opened {
             Ok(Ok(body)) => {
+                if top.is_none() {
+                    self.retrieved[i] = true;
+                }
                 let size = self.mailbox.messages()[i].size;
                 let status = match top {
                     None => ok(&t.fill(Key::RetrOk, &[("size", &size)])),
@@ -173,13 +179,15 @@ impl Transaction {
         }
     }
 
-    /// UPDATE: remove the marked messages, then release the lock (by dropping the mailbox).
+    /// UPDATE: mark the retrieved messages seen, remove the marked ones, then release the
+    /// lock (by dropping the mailbox).
     pub async fn update(self, t: Texts<'_>, metrics: &Metrics) -> Vec<u8> {
         let marked: Vec<usize> = (0..self.deleted.len()).filter(|&i| self.deleted[i]).collect();
+        let seen: Vec<usize> = (0..self.deleted.len()).filter(|&i| self.retrieved[i] && !self.deleted[i]).collect();
         let total = marked.len();
         let mailbox = self.mailbox;
         let started = std::time::Instant::now();
-        let removal = tokio::task::spawn_blocking(move || mailbox.remove(&marked)).await;
+        let removal = tokio::task::spawn_blocking(move || mailbox.update(&seen, &marked)).await;
         if let Ok(removal) = &removal {
             metrics.update(removal.removed, started.elapsed());
         }

@@ -1,7 +1,12 @@
 //! `apopd.index`: what the last scan of a maildir found, so the next login need not redo it.
 //!
-//! It lists every message (subdirectory, file name, file length, POP3 size) in session order,
-//! with the modification times of `cur/` and `new/` at scan time. Any delivery, deletion or
+//! It lists every message (subdirectory, file name, file length, POP3 size, UIDL) in session
+//! order, with the modification times of `cur/` and `new/` at scan time and the `uidl_format`
+//! the UIDLs were given under. It is also apopd's memory of the UIDL each message was first
+//! given: a rescan keeps it (by base name) as long as `uidl_format` is unchanged, so a UIDL
+//! never changes when, say, Dovecot's imap later numbers the message in `dovecot-uidlist`.
+//! An index of version 1 (apopd before UIDL schemes) gave every message its base name; under
+//! `uidl_format = "auto"` those UIDLs are kept too. Any delivery, deletion or
 //! flag change renames a file and so changes a directory's mtime: while both mtimes still
 //! match, and the index was written at least [`SETTLE`] after them (so a change within the
 //! same timestamp tick cannot hide), the index is the mailbox and no directory is read. When
@@ -15,11 +20,12 @@ use std::io::{self, Write};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::safe_fs::Maildir;
-use super::uidl::base_name;
+use super::uidl::{base_name, is_valid, uidl_of};
 
 /// The index's file name inside the maildir.
 pub const INDEX_FILE: &str = "apopd.index";
-const HEADER: &[u8] = b"apopd-index 1\n";
+const HEADER: &[u8] = b"apopd-index 2\n";
+const HEADER_V1: &[u8] = b"apopd-index 1\n";
 /// How long after the directories' last change an index must have been written to be trusted
 /// without listing them (covers file systems with timestamps as coarse as one second).
 pub const SETTLE: Duration = Duration::from_secs(2);
@@ -66,6 +72,8 @@ pub struct Entry {
     pub len: u64,
     /// Its POP3 size.
     pub size: u64,
+    /// Its UIDL.
+    pub uidl: Box<str>,
 }
 
 /// The modification times of `cur/` and `new/`, in nanoseconds since the epoch.
@@ -83,19 +91,31 @@ fn nanos(time: SystemTime) -> u64 {
 /// A loaded index.
 #[derive(Debug, Default)]
 pub struct Index {
+    /// True when the maildir had a readable index (apopd has scanned it before).
+    pub existed: bool,
     times: DirTimes,
     written: u64,
+    /// The `uidl_format` the UIDLs were given under; `None` for a version 1 index.
+    scheme: Option<String>,
     entries: Vec<Entry>,
 }
 
-/// Recorded `(length, POP3 size)` by base name, for reusing sizes after a change.
+/// What the last scan recorded per base name, for reuse after a change.
 #[derive(Debug, Default)]
-pub struct Sizes(HashMap<Vec<u8>, (u64, u64)>);
+pub struct Previous {
+    by_base: HashMap<Vec<u8>, (u64, u64, Box<str>)>,
+    keep_uidls: bool,
+}
 
-impl Sizes {
+impl Previous {
     /// The POP3 size recorded for `base`, if the file still has length `len`.
     pub fn size_of(&self, base: &[u8], len: u64) -> Option<u64> {
-        self.0.get(base).filter(|(l, _)| *l == len).map(|(_, size)| *size)
+        self.by_base.get(base).filter(|(l, _, _)| *l == len).map(|(_, size, _)| *size)
+    }
+
+    /// The UIDL `base` was given before, when it still holds under the current scheme.
+    pub fn uidl_of(&self, base: &[u8]) -> Option<&str> {
+        self.by_base.get(base).filter(|_| self.keep_uidls).map(|(_, _, uidl)| &**uidl)
     }
 }
 
@@ -109,32 +129,48 @@ impl Index {
         })
     }
 
-    /// True when the directories are exactly as they were at the last scan.
-    pub fn is_current(&self, now: DirTimes) -> bool {
+    /// True when the directories are exactly as they were at the last scan, and the UIDLs
+    /// were given under `scheme` (the config's `uidl_format`).
+    pub fn is_current(&self, now: DirTimes, scheme: &str) -> bool {
         let settled = self.times.iter().all(|&t| t.saturating_add(SETTLE.as_nanos() as u64) <= self.written);
-        self.written != 0 && settled && self.times == now
+        self.written != 0 && settled && self.times == now && self.scheme.as_deref() == Some(scheme)
     }
 
     /// The messages, when [`Index::is_current`]; the index is left empty.
-    pub fn take_if_current(&mut self, now: DirTimes) -> Option<Vec<Entry>> {
-        self.is_current(now).then(|| std::mem::take(&mut self.entries))
+    pub fn take_if_current(&mut self, now: DirTimes, scheme: &str) -> Option<Vec<Entry>> {
+        self.is_current(now, scheme).then(|| std::mem::take(&mut self.entries))
     }
 
-    /// The recorded sizes by base name (built only when the directories must be listed).
-    pub fn sizes(&self) -> Sizes {
-        Sizes(self.entries.iter().map(|e| (base_name(&e.name).to_vec(), (e.len, e.size))).collect())
+    /// What was recorded, by base name (built only when the directories must be listed).
+    /// UIDLs are kept under the scheme they were given with; a version 1 index's base-name
+    /// UIDLs are kept under `auto` (the UIDLs apopd gave before stay what clients know).
+    pub fn previous(&self, scheme: &str) -> Previous {
+        let keep_uidls = match &self.scheme {
+            Some(s) => s == scheme,
+            None => scheme == "auto",
+        };
+        let by_base =
+            self.entries.iter().map(|e| (base_name(&e.name).to_vec(), (e.len, e.size, e.uidl.clone()))).collect();
+        Previous { by_base, keep_uidls }
     }
 }
 
 fn parse(bytes: &[u8]) -> Option<Index> {
-    let body = bytes.strip_prefix(HEADER)?;
+    let (body, v2) = match bytes.strip_prefix(HEADER) {
+        Some(body) => (body, true),
+        None => (bytes.strip_prefix(HEADER_V1)?, false),
+    };
     let mut lines = body.split(|&b| b == b'\n').filter(|l| !l.is_empty());
     let mut stamps = lines.next()?.strip_prefix(b"dirs ")?.split(|&b| b == b' ');
     let mut stamp = || -> Option<u64> { std::str::from_utf8(stamps.next()?).ok()?.parse().ok() };
     let (times, written) = ([stamp()?, stamp()?], stamp()?);
+    let scheme = match v2 {
+        true => Some(String::from_utf8(lines.next()?.strip_prefix(b"uidl ")?.to_vec()).ok()?),
+        false => None,
+    };
     let mut entries = Vec::new();
     for line in lines {
-        let mut fields = line.splitn(4, |&b| b == b' ');
+        let mut fields = line.splitn(if v2 { 5 } else { 4 }, |&b| b == b' ');
         let number = |field: Option<&[u8]>| -> Option<u64> { std::str::from_utf8(field?).ok()?.parse().ok() };
         let len = number(fields.next())?;
         let size = number(fields.next())?;
@@ -143,24 +179,37 @@ fn parse(bytes: &[u8]) -> Option<Index> {
             b"n" => Sub::New,
             _ => return None,
         };
+        let uidl = match v2 {
+            true => Some(fields.next().filter(|u| is_valid(u))?),
+            false => None,
+        };
         let name = fields.next().filter(|n| !n.is_empty() && !n.contains(&b'/'))?.to_vec();
-        entries.push(Entry { sub, name, len, size });
+        let uidl = match uidl {
+            Some(uidl) => String::from_utf8_lossy(uidl).into(),
+            None => uidl_of(&name).into(),
+        };
+        entries.push(Entry { sub, name, len, size, uidl });
     }
-    Some(Index { times, written, entries })
+    Some(Index { existed: true, times, written, scheme, entries })
 }
 
-/// Replace the index of `maildir` with `entries`, scanned when the directories had `times`.
-/// Failing to write only costs speed, so it is logged, not returned.
-pub fn save(maildir: &Maildir, times: DirTimes, entries: &[Entry]) {
-    if let Err(e) = write(maildir, times, entries) {
+/// Replace the index of `maildir` with `entries`, scanned when the directories had `times`,
+/// their UIDLs given under `scheme`. Failing to write is logged, not returned: the next scan
+/// lists the directories again (and gives messages without a remembered UIDL one by the rules).
+pub fn save(maildir: &Maildir, times: DirTimes, scheme: &str, entries: &[Entry]) {
+    if let Err(e) = write(maildir, times, scheme, entries) {
         tracing::warn!(dir = %maildir.path().display(), error = %e, "cannot write {INDEX_FILE}");
     }
 }
 
-fn write(maildir: &Maildir, times: DirTimes, entries: &[Entry]) -> io::Result<()> {
-    let mut out = Vec::with_capacity(HEADER.len() + 64 + entries.len() * 64);
+fn write(maildir: &Maildir, times: DirTimes, scheme: &str, entries: &[Entry]) -> io::Result<()> {
+    let mut out = Vec::with_capacity(HEADER.len() + 64 + entries.len() * 80);
     out.extend_from_slice(HEADER);
     writeln!(out, "dirs {} {} {}", times[0], times[1], nanos(SystemTime::now()))?;
+    if scheme.contains('\n') {
+        return Ok(());
+    }
+    writeln!(out, "uidl {scheme}")?;
     for entry in entries {
         if entry.name.contains(&b'\n') {
             // Cannot be stored on one line: leave the index out rather than make it wrong.
@@ -168,6 +217,8 @@ fn write(maildir: &Maildir, times: DirTimes, entries: &[Entry]) -> io::Result<()
         }
         write!(out, "{} {} ", entry.len, entry.size)?;
         out.push(entry.sub.tag());
+        out.push(b' ');
+        out.extend_from_slice(entry.uidl.as_bytes());
         out.push(b' ');
         out.extend_from_slice(&entry.name);
         out.push(b'\n');
@@ -187,7 +238,7 @@ mod tests {
     }
 
     fn entry(sub: Sub, name: &str, len: u64, size: u64) -> Entry {
-        Entry { sub, name: name.as_bytes().to_vec(), len, size }
+        Entry { sub, name: name.as_bytes().to_vec(), len, size, uidl: format!("u-{name}").replace(':', "").into() }
     }
 
     #[test]
@@ -196,18 +247,35 @@ mod tests {
         let dir = maildir(&dir);
         let entries = vec![entry(Sub::Cur, "1.a.host:2,S", 10, 12), entry(Sub::New, "2.b.host", 5, 5)];
         let old = nanos(SystemTime::now()) - 10_000_000_000;
-        save(&dir, [old, old], &entries);
+        save(&dir, [old, old], "auto", &entries);
         let mut index = Index::load(&dir);
-        assert!(!index.is_current([old, old + 1]), "a directory changed");
-        let sizes = index.sizes();
-        assert_eq!(sizes.size_of(b"1.a.host", 10), Some(12));
-        assert_eq!(sizes.size_of(b"1.a.host", 11), None, "another length is measured again");
-        assert_eq!(index.take_if_current([old, old]), Some(entries.clone()));
+        assert!(index.existed);
+        assert!(!index.is_current([old, old + 1], "auto"), "a directory changed");
+        assert!(!index.is_current([old, old], "%f"), "another uidl_format");
+        let previous = index.previous("auto");
+        assert_eq!(previous.size_of(b"1.a.host", 10), Some(12));
+        assert_eq!(previous.size_of(b"1.a.host", 11), None, "another length is measured again");
+        assert_eq!(previous.uidl_of(b"1.a.host"), Some("u-1.a.host2,S"));
+        assert_eq!(index.previous("basename").uidl_of(b"1.a.host"), None, "given under another scheme");
+        assert_eq!(index.take_if_current([old, old], "auto"), Some(entries.clone()));
 
         // Directories changed less than SETTLE before the index was written: not trusted.
         let recent = nanos(SystemTime::now());
-        save(&dir, [recent, recent], &entries);
-        assert!(!Index::load(&dir).is_current([recent, recent]));
+        save(&dir, [recent, recent], "auto", &entries);
+        assert!(!Index::load(&dir).is_current([recent, recent], "auto"));
+    }
+
+    #[test]
+    fn a_version_1_index_keeps_base_name_uidls_under_auto() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = maildir(&tmp);
+        std::fs::write(tmp.path().join("box").join(INDEX_FILE), b"apopd-index 1\ndirs 1 2 9000000000\n5 6 c 1.a:2,S\n")
+            .unwrap();
+        let index = Index::load(&dir);
+        assert!(!index.is_current([1, 2], "auto"), "rewritten as version 2 first");
+        assert_eq!(index.previous("auto").uidl_of(b"1.a"), Some("1.a"));
+        assert_eq!(index.previous("auto").size_of(b"1.a", 5), Some(6));
+        assert_eq!(index.previous("%08Xu%08Xv").uidl_of(b"1.a"), None);
     }
 
     #[test]
@@ -220,12 +288,15 @@ mod tests {
             b"apopd-index 1\ndirs 1 2 3\n10 x c 1.a\n",
             b"apopd-index 1\ndirs 1 2 9000000000\n1 1 x 1.a\n",
             b"apopd-index 1\ndirs 1 2 9000000000\n1 1 c ../escape\n",
+            b"apopd-index 3\ndirs 1 2 9000000000\n1 1 c 1.a\n",
             b"apopd-index 2\ndirs 1 2 9000000000\n1 1 c 1.a\n",
+            b"apopd-index 2\ndirs 1 2 9000000000\nuidl auto\n1 1 c 1.a\n",
         ] {
             std::fs::write(tmp.path().join("box").join(INDEX_FILE), junk).unwrap();
             let index = Index::load(&dir);
-            assert!(!index.is_current([1, 2]), "{junk:?}");
-            assert_eq!(index.sizes().size_of(b"1.a", 1), None);
+            assert!(!index.is_current([1, 2], "auto"), "{junk:?}");
+            assert!(!index.existed, "{junk:?}");
+            assert_eq!(index.previous("auto").size_of(b"1.a", 1), None);
         }
     }
 }

@@ -8,17 +8,21 @@ use std::path::{Path, PathBuf};
 
 use crate::protocol::response::WireSize;
 
-use super::index::{self, Entry, Index, Sizes, Sub};
+use super::flags;
+use super::index::{self, Entry, Index, Previous, Sub};
 use super::lock::{LockError, MailboxLock};
 use super::safe_fs::{Location, Maildir, Policy, WalkError};
-use super::uidl::{base_name, uidl_of};
+use super::uidl::{self, base_name};
+
+/// Files in `tmp/` untouched this long are removed at login (the maildir spec's 36 hours).
+pub const TMP_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(36 * 3600);
 
 /// One message as the session sees it (kept small: a session holds one per message).
 #[derive(Debug, Clone)]
 pub struct Message {
-    /// The subdirectory the file was in at scan time.
+    /// The subdirectory the file is in (as of the scan, or apopd's own move to `cur/`).
     pub sub: Sub,
-    /// Its file name at scan time.
+    /// Its file name (as of the scan, or apopd's own move to `cur/`).
     pub name: Box<[u8]>,
     /// Octets as transmitted: CRLF line endings, before byte-stuffing.
     pub size: u64,
@@ -28,8 +32,7 @@ pub struct Message {
 
 impl Message {
     fn from_entry(entry: Entry) -> Self {
-        let uidl = uidl_of(&entry.name).into_boxed_str();
-        Message { sub: entry.sub, name: entry.name.into_boxed_slice(), size: entry.size, uidl }
+        Message { sub: entry.sub, name: entry.name.into_boxed_slice(), size: entry.size, uidl: entry.uidl }
     }
 
     /// Where the file was at scan time, relative to the maildir (`cur/…` or `new/…`).
@@ -84,6 +87,7 @@ pub struct Removal {
 pub struct Mailbox {
     maildir: Maildir,
     messages: Vec<Message>,
+    flag_updates: bool,
     _lock: MailboxLock,
 }
 
@@ -95,8 +99,45 @@ impl Mailbox {
     pub fn open(location: &Location, policy: &Policy) -> Result<Self, OpenError> {
         let maildir = Maildir::open(location, policy, true)?;
         let lock = MailboxLock::try_acquire(&maildir)?;
-        let messages = scan(&maildir, policy.max_message_size).map_err(OpenError::Io)?;
-        Ok(Mailbox { maildir, messages, _lock: lock })
+        match maildir.clean_tmp(TMP_MAX_AGE) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(maildir = %maildir.path().display(), removed = n, "removed stale files from tmp/"),
+            Err(e) => tracing::warn!(maildir = %maildir.path().display(), error = %e, "cannot clean tmp/"),
+        }
+        let messages = scan(&maildir, policy).map_err(OpenError::Io)?;
+        let mut mailbox = Mailbox { maildir, messages, flag_updates: !policy.no_flag_updates, _lock: lock };
+        if mailbox.flag_updates {
+            mailbox.move_new_to_cur();
+        }
+        Ok(mailbox)
+    }
+
+    /// Move every listed message from `new/` to `cur/` with an empty `:2,` info part, as
+    /// Dovecot's pop3 does, so an IMAP server on the same maildir no longer calls it recent.
+    /// A message that cannot be moved stays where it is (logged); its UIDL never changes.
+    fn move_new_to_cur(&mut self) {
+        let mut moved = 0;
+        for message in self.messages.iter_mut().filter(|m| m.sub == Sub::New) {
+            let to = flags::cur_name(&message.name);
+            match self.maildir.rename(Sub::New, &message.name, Sub::Cur, &to) {
+                Ok(()) => {
+                    message.sub = Sub::Cur;
+                    message.name = to.into_boxed_slice();
+                    moved += 1;
+                }
+                Err(e) => {
+                    let file = message.relative_path();
+                    tracing::warn!(maildir = %self.maildir.path().display(), file = ?file, error = %e, "cannot move a message to cur/");
+                }
+            }
+        }
+        if moved > 0 {
+            for sub in Sub::BOTH {
+                if let Err(e) = self.maildir.sync(sub) {
+                    tracing::warn!(dir = %self.dir().display(), error = %e, "cannot sync maildir directory");
+                }
+            }
+        }
     }
 
     /// The messages, numbered from 1 in this order.
@@ -122,6 +163,51 @@ impl Mailbox {
             },
             other => other,
         }
+    }
+
+    /// UPDATE: mark the messages at `seen` (0-based; those RETR sent) with the seen flag
+    /// unless `pop3_no_flag_updates`, then remove the ones at `deleted`.
+    ///
+    /// Blocking: call it from a blocking task.
+    pub fn update(&self, seen: &[usize], deleted: &[usize]) -> Removal {
+        if self.flag_updates {
+            self.mark_seen(seen);
+        }
+        self.remove(deleted)
+    }
+
+    /// Add `S` to the named messages' info part (one rename each; every other flag is kept).
+    /// A failure loses nothing, so it is logged, not reported to the client.
+    fn mark_seen(&self, indexes: &[usize]) {
+        let mut renamed = false;
+        for message in indexes.iter().filter_map(|&i| self.messages.get(i)) {
+            let result = match self.set_seen(message.sub, &message.name) {
+                // Renamed since the scan (another program changed its flags): follow it.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => match self.locate(message) {
+                    Ok(Some((sub, name))) => self.set_seen(sub, name.as_bytes()),
+                    Ok(None) => Ok(false),
+                    Err(e) => Err(e),
+                },
+                other => other,
+            };
+            match result {
+                Ok(done) => renamed |= done,
+                Err(e) => {
+                    let file = message.relative_path();
+                    tracing::warn!(maildir = %self.dir().display(), file = ?file, error = %e, "cannot mark a message seen");
+                }
+            }
+        }
+        if renamed && let Err(e) = self.maildir.sync(Sub::Cur) {
+            tracing::warn!(dir = %self.dir().display(), error = %e, "cannot sync maildir directory");
+        }
+    }
+
+    /// Rename `name` in `sub` to its seen name; false when it already is seen.
+    fn set_seen(&self, sub: Sub, name: &[u8]) -> io::Result<bool> {
+        let Some(seen) = flags::seen_name(name) else { return Ok(false) };
+        self.maildir.rename(sub, name, sub, &seen)?;
+        Ok(true)
     }
 
     /// Remove the messages at the given indexes (0-based). Each removal is one atomic unlink;
@@ -175,17 +261,36 @@ impl Mailbox {
 
 /// The mailbox's messages in session order: from the index when the directories have not
 /// changed since it was written, else by listing `cur/` and `new/` (every regular, non-hidden
-/// file that passes the maildir's rules is a message) and refreshing the index.
-fn scan(maildir: &Maildir, max_size: u64) -> Result<Vec<Message>, String> {
+/// file that passes the maildir's rules is a message) and refreshing the index. A message the
+/// index remembers keeps its UIDL; any other gets one from [`uidl::assign_all`].
+fn scan(maildir: &Maildir, policy: &Policy) -> Result<Vec<Message>, String> {
     let path = maildir.path();
+    let scheme = policy.uidl.to_string();
     // Taken before listing: a change during the listing makes the next login list again.
     let times = index::dir_times(maildir).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let mut index = Index::load(maildir);
-    if let Some(entries) = index.take_if_current(times) {
+    if let Some(entries) = index.take_if_current(times, &scheme) {
         return Ok(entries.into_iter().map(Message::from_entry).collect());
     }
-    let sizes = index.sizes();
+    let previous = index.previous(&scheme);
+    let found = list(maildir, policy.max_message_size, &previous)?;
+    let names: Vec<(Sub, &[u8])> = found.iter().map(|(sub, name, _, _)| (*sub, &name[..])).collect();
+    let uidls = uidl::assign_all(maildir, &policy.uidl, &previous, !index.existed, &names);
+    let entries: Vec<Entry> = found
+        .into_iter()
+        .zip(uidls)
+        .map(|((sub, name, len, size), (uidl, _))| Entry { sub, name, len, size, uidl })
+        .collect();
+    index::save(maildir, times, &scheme, &entries);
+    Ok(entries.into_iter().map(Message::from_entry).collect())
+}
 
+/// A listed message: `(sub, name, length, POP3 size)`.
+pub(crate) type Found = (Sub, Vec<u8>, u64, u64);
+
+/// Every servable message, oldest first.
+pub(crate) fn list(maildir: &Maildir, max_size: u64, previous: &Previous) -> Result<Vec<Found>, String> {
+    let path = maildir.path();
     let mut found: Vec<(u64, OsString, Option<u64>, Sub)> = Vec::new();
     for sub in Sub::BOTH {
         let listed = maildir.list(sub).map_err(|e| format!("cannot read {}: {e}", path.join(sub.dir()).display()))?;
@@ -206,7 +311,7 @@ fn scan(maildir: &Maildir, max_size: u64) -> Result<Vec<Message>, String> {
             }
             // The length is not needed when the name gives the size.
             Some(size) => (len.unwrap_or(0), size),
-            None => match indexed_or_measured(maildir, sub, &name, len, &sizes, &mut buf, max_size) {
+            None => match indexed_or_measured(maildir, sub, &name, len, previous, &mut buf, max_size) {
                 Ok(found) => found,
                 Err(e) => {
                     // One unreadable file must not hide the rest of the mailbox.
@@ -216,10 +321,9 @@ fn scan(maildir: &Maildir, max_size: u64) -> Result<Vec<Message>, String> {
                 }
             },
         };
-        entries.push(Entry { sub, name, len, size });
+        entries.push((sub, name, len, size));
     }
-    index::save(maildir, times, &entries);
-    Ok(entries.into_iter().map(Message::from_entry).collect())
+    Ok(entries)
 }
 
 /// `(length, POP3 size)` of a message: the size from the index when the length (from the
@@ -230,7 +334,7 @@ fn indexed_or_measured(
     sub: Sub,
     name: &[u8],
     listed_len: Option<u64>,
-    sizes: &Sizes,
+    sizes: &Previous,
     buf: &mut [u8],
     max_size: u64,
 ) -> io::Result<(u64, u64)> {
@@ -284,8 +388,70 @@ mod tests {
 
     const SUBDIRS: [&str; 3] = ["cur", "new", "tmp"];
 
+    /// Open without flag updates: these tests watch the index, not the moves.
     fn open(dir: &Path) -> Result<Mailbox, OpenError> {
-        Mailbox::open(&Location::at(dir, "x"), &Policy::default())
+        Mailbox::open(&Location::at(dir, "x"), &Policy { no_flag_updates: true, ..Policy::default() })
+    }
+
+    fn names(dir: &Path, sub: &str) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir.join(sub))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_session_moves_new_to_cur_and_marks_retrieved_messages_seen() {
+        let dir = maildir_with(&[
+            ("new/1.a.host", b"a\n"),
+            ("new/2.b.host", b"b\n"),
+            ("cur/3.c.host:2,Fa", b"c\n"),
+            ("cur/4.d.host:2,T", b"d\n"),
+        ]);
+        let mailbox = Mailbox::open(&Location::at(dir.path(), "x"), &Policy::default()).unwrap();
+        assert!(names(dir.path(), "new").is_empty());
+        assert_eq!(names(dir.path(), "cur"), vec!["1.a.host:2,", "2.b.host:2,", "3.c.host:2,Fa", "4.d.host:2,T"]);
+        let uidls: Vec<&str> = mailbox.messages().iter().map(|m| &*m.uidl).collect();
+        assert_eq!(uidls, vec!["1.a.host", "2.b.host", "3.c.host", "4.d.host"]);
+        let mut text = String::new();
+        mailbox.open_message(0).unwrap().read_to_string(&mut text).unwrap();
+        assert_eq!(text, "a\n", "the message is followed to cur/");
+        // Another program renames message 3 meanwhile: it is found by its base name.
+        fs::rename(dir.path().join("cur/3.c.host:2,Fa"), dir.path().join("cur/3.c.host:2,FRa")).unwrap();
+        let removal = mailbox.update(&[0, 2], &[3]);
+        assert_eq!(removal, Removal { removed: 1, failed: vec![] });
+        assert_eq!(names(dir.path(), "cur"), vec!["1.a.host:2,S", "2.b.host:2,", "3.c.host:2,FRSa"]);
+        drop(mailbox);
+        let again = open(dir.path()).unwrap();
+        let uidls: Vec<&str> = again.messages().iter().map(|m| &*m.uidl).collect();
+        assert_eq!(uidls, vec!["1.a.host", "2.b.host", "3.c.host"], "flags never change a UIDL");
+    }
+
+    #[test]
+    fn no_flag_updates_leaves_names_alone() {
+        let dir = maildir_with(&[("new/1.a.host", b"a\n")]);
+        let mailbox = open(dir.path()).unwrap();
+        mailbox.update(&[0], &[]);
+        assert_eq!(names(dir.path(), "new"), vec!["1.a.host"]);
+    }
+
+    #[test]
+    fn dovecot_uidlist_uidls_are_remembered_after_dovecot_numbers_new_mail() {
+        let dir = maildir_with(&[("cur/1.a.host:2,S", b"a\n"), ("new/2.b.host", b"b\n")]);
+        fs::write(dir.path().join("dovecot-uidlist"), b"3 V1700000000 N2\n1 :1.a.host:2,S\n").unwrap();
+        let uidls = |m: &Mailbox| m.messages().iter().map(|m| m.uidl.to_string()).collect::<Vec<_>>();
+        let first = uidls(&open(dir.path()).unwrap());
+        assert_eq!(first, vec!["000000016553f100", "2.b.host"]);
+        // Dovecot's imap numbers the new message and a third arrives.
+        fs::write(dir.path().join("dovecot-uidlist"), b"3 V1700000000 N3\n1 :1.a.host:2,S\n2 :2.b.host\n").unwrap();
+        fs::write(dir.path().join("new/3.c.host"), b"c\n").unwrap();
+        let second = uidls(&open(dir.path()).unwrap());
+        assert_eq!(second, vec!["000000016553f100", "2.b.host", "3.c.host"], "a UIDL once given never changes");
+        // Without apopd's memory (index removed), the rules alone give Dovecot's UIDL.
+        fs::remove_file(dir.path().join(index::INDEX_FILE)).unwrap();
+        assert_eq!(uidls(&open(dir.path()).unwrap())[1], "000000026553f100");
     }
 
     fn maildir_with(files: &[(&str, &[u8])]) -> tempfile::TempDir {

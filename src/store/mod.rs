@@ -1,10 +1,12 @@
 //! Maildir storage: where a user's mailbox is, opening it for a session, delivery.
 
 pub mod deliver;
+pub mod flags;
 pub mod index;
 pub mod lock;
 pub mod mailbox;
 pub mod safe_fs;
+pub mod survey;
 pub mod uidl;
 pub mod user_path;
 

@@ -11,7 +11,11 @@
 //!   [`OwnerRule`] requires, and no larger than `max_message_size`: no check-then-use race;
 //! - names are single path components, so an index entry cannot point elsewhere;
 //! - files apopd writes (lock, index) are never opened through a link, and the index is
-//!   trusted only when apopd itself wrote it.
+//!   trusted only when apopd itself wrote it;
+//! - other servers' files apopd reads (`dovecot-uidlist`, `courierpop3dsizelist`) must be
+//!   regular, unlinked elsewhere, owned like the messages and of bounded size;
+//! - renames (new/ to cur/, flag changes) are between the checked directory descriptors and
+//!   never replace an existing file.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -21,12 +25,13 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag, openat, renameat};
+use nix::fcntl::{AtFlags, OFlag, RenameFlags, openat, renameat, renameat2};
 use nix::sys::stat::{FileStat, Mode, SFlag, fstat, fstatat, mkdirat};
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, geteuid, unlinkat};
 use serde::{Deserialize, Serialize};
 
 use super::index::Sub;
+use super::uidl::Scheme;
 
 /// Who must own a maildir and the messages in it (config key `maildir_owner`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,11 +60,21 @@ pub struct Policy {
     pub allow_symlinked_maildir: bool,
     /// Larger messages are skipped, never read (a sparse 1 TiB file cannot stall a login).
     pub max_message_size: u64,
+    /// Where UIDLs come from (config key `uidl_format`).
+    pub uidl: Scheme,
+    /// Never move messages from `new/` to `cur/` nor set the seen flag (`pop3_no_flag_updates`).
+    pub no_flag_updates: bool,
 }
 
 impl Default for Policy {
     fn default() -> Self {
-        Policy { owner: OwnerRule::Auto, allow_symlinked_maildir: false, max_message_size: 1 << 30 }
+        Policy {
+            owner: OwnerRule::Auto,
+            allow_symlinked_maildir: false,
+            max_message_size: 1 << 30,
+            uidl: Scheme::Auto,
+            no_flag_updates: false,
+        }
     }
 }
 
@@ -138,18 +153,33 @@ impl Maildir {
     ///
     /// Blocking.
     pub fn open(location: &Location, policy: &Policy, check_owner: bool) -> Result<Maildir, WalkError> {
+        Maildir::walk(location, policy, check_owner, true)
+    }
+
+    /// Walk to an existing maildir without creating anything (`apopd migrate check`). The
+    /// owner rule is not applied to the maildir itself; messages are checked as `policy` says.
+    ///
+    /// Blocking.
+    pub fn open_read_only(location: &Location, policy: &Policy) -> Result<Maildir, WalkError> {
+        Maildir::walk(location, policy, false, false)
+    }
+
+    fn walk(location: &Location, policy: &Policy, check_owner: bool, create: bool) -> Result<Maildir, WalkError> {
         let path = location.path();
         let io_err = |what: &str, e: Errno| WalkError::Io(format!("cannot open {what}: {}", io::Error::from(e)));
-        std::fs::create_dir_all(&location.trusted)
-            .map_err(|e| WalkError::Io(format!("cannot create {}: {e}", location.trusted.display())))?;
+        if create {
+            std::fs::create_dir_all(&location.trusted)
+                .map_err(|e| WalkError::Io(format!("cannot create {}: {e}", location.trusted.display())))?;
+        }
         let mut dir = nix::fcntl::open(&location.trusted, DIR_FLAGS, Mode::empty())
             .map_err(|e| io_err(&location.trusted.display().to_string(), e))?;
         let mut walked = location.trusted.clone();
         for part in &location.parts {
             walked.push(part);
-            dir = open_dir(&dir, part, !policy.allow_symlinked_maildir, &walked)?;
+            dir = open_dir(&dir, part, !policy.allow_symlinked_maildir, create, &walked)?;
         }
-        let [cur, new, tmp] = ["cur", "new", "tmp"].map(|sub| open_dir(&dir, OsStr::new(sub), true, &path.join(sub)));
+        let [cur, new, tmp] =
+            ["cur", "new", "tmp"].map(|sub| open_dir(&dir, OsStr::new(sub), true, create, &path.join(sub)));
         let (cur, new, tmp) = (cur?, new?, tmp?);
         let stat = fstat(&dir).map_err(|e| io_err(&path.display().to_string(), e))?;
         let file_owner =
@@ -289,6 +319,79 @@ impl Maildir {
         Some(bytes)
     }
 
+    /// The contents of another program's file `name` in the maildir (Dovecot's
+    /// `dovecot-uidlist`, Courier's `courierpop3dsizelist`): a regular file with one link,
+    /// owned as messages must be, at most `max` bytes, opened without following a link.
+    /// `Ok(None)` when there is no such file; an error says why it is not read.
+    pub fn read_foreign(&self, name: &str, max: u64) -> io::Result<Option<Vec<u8>>> {
+        let fd = match openat(&self.dir, name, OFlag::O_RDONLY | UNTRUSTED_FILE, Mode::empty()) {
+            Err(Errno::ENOENT) => return Ok(None),
+            Err(Errno::ELOOP) => return Err(io::Error::new(io::ErrorKind::PermissionDenied, "a symbolic link")),
+            other => other?,
+        };
+        let st = fstat(&fd)?;
+        let refused = match self.refusal(&st) {
+            Some(why) => Some(why),
+            None if st.st_nlink != 1 => Some("it has other hard links".to_owned()),
+            None if st.st_size as u64 > max => Some(format!("{} bytes, more than {max}", st.st_size)),
+            None => None,
+        };
+        if let Some(why) = refused {
+            return Err(io::Error::new(io::ErrorKind::PermissionDenied, why));
+        }
+        let mut bytes = Vec::with_capacity(st.st_size as usize);
+        File::from(fd).take(max).read_to_end(&mut bytes)?;
+        Ok(Some(bytes))
+    }
+
+    /// Rename a message (a move from `new/` to `cur/`, a flag change), never replacing an
+    /// existing file.
+    pub fn rename(&self, from_sub: Sub, from: &[u8], to_sub: Sub, to: &[u8]) -> io::Result<()> {
+        let (from, to) = (single_component(from)?, single_component(to)?);
+        let (old_dir, new_dir) = (self.sub(from_sub), self.sub(to_sub));
+        match renameat2(old_dir, from, new_dir, to, RenameFlags::RENAME_NOREPLACE) {
+            // A file system without RENAME_NOREPLACE: maildir names are unique, rename anyway.
+            Err(Errno::EINVAL) => Ok(renameat(old_dir, from, new_dir, to)?),
+            other => Ok(other?),
+        }
+    }
+
+    /// Remove files in `tmp/` not modified for `max_age` (deliveries that died half-way; the
+    /// maildir spec allows it after 36 hours). Returns how many were removed.
+    pub fn clean_tmp(&self, max_age: std::time::Duration) -> io::Result<usize> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let limit = now.as_secs().saturating_sub(max_age.as_secs());
+        let mut dir = nix::dir::Dir::from_fd(nix::unistd::dup(self.tmp.as_fd())?)?;
+        let mut old = Vec::new();
+        for entry in dir.iter() {
+            let entry = entry?;
+            let name = entry.file_name().to_bytes();
+            if name == b"." || name == b".." || entry.file_type().is_some_and(|t| t == nix::dir::Type::Directory) {
+                continue;
+            }
+            let name = OsStr::from_bytes(name);
+            match fstatat(self.tmp.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(st)
+                    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFDIR
+                        && (st.st_mtime as u64) < limit =>
+                {
+                    old.push(name.to_owned())
+                }
+                Ok(_) | Err(Errno::ENOENT) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let mut removed = 0;
+        for name in old {
+            match unlinkat(&self.tmp, name.as_os_str(), UnlinkatFlags::NoRemoveDir) {
+                Ok(()) => removed += 1,
+                Err(Errno::ENOENT) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(removed)
+    }
+
     /// Replace apopd's own file `name` atomically: a fresh file (never an existing one, which
     /// could be a hard link to anything) renamed over it.
     pub fn replace_own(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
@@ -337,11 +440,11 @@ fn single_component(name: &[u8]) -> io::Result<&OsStr> {
 
 /// Open (creating when missing) the directory `name` in `parent`, without following a
 /// symlink when `no_follow`.
-fn open_dir(parent: &OwnedFd, name: &OsStr, no_follow: bool, path: &Path) -> Result<OwnedFd, WalkError> {
+fn open_dir(parent: &OwnedFd, name: &OsStr, no_follow: bool, create: bool, path: &Path) -> Result<OwnedFd, WalkError> {
     let flags = if no_follow { DIR_FLAGS | OFlag::O_NOFOLLOW } else { DIR_FLAGS };
     let open = || openat(parent, name, flags, Mode::empty());
     let opened = match open() {
-        Err(Errno::ENOENT) => {
+        Err(Errno::ENOENT) if create => {
             match mkdirat(parent, name, Mode::from_bits_truncate(0o700)) {
                 Ok(()) | Err(Errno::EEXIST) => {}
                 Err(e) => {
@@ -478,5 +581,41 @@ mod tests {
         assert_eq!(mail.read_own("idx", 100).unwrap(), b"new");
         // A hard link apopd did not make is not its own file.
         assert_eq!(mail.read_own("other.tmp", 100), None);
+    }
+
+    #[test]
+    fn foreign_files_are_read_only_when_plain() {
+        let root = tempfile::tempdir().unwrap();
+        let mail = maildir(root.path());
+        let victim = root.path().join("victim");
+        std::fs::write(&victim, b"secret").unwrap();
+        assert!(mail.read_foreign("dovecot-uidlist", 100).unwrap().is_none());
+        symlink(&victim, root.path().join("box/dovecot-uidlist")).unwrap();
+        assert!(mail.read_foreign("dovecot-uidlist", 100).is_err(), "a symlink");
+        std::fs::remove_file(root.path().join("box/dovecot-uidlist")).unwrap();
+        std::fs::hard_link(&victim, root.path().join("box/dovecot-uidlist")).unwrap();
+        assert!(mail.read_foreign("dovecot-uidlist", 100).is_err(), "a hard link");
+        std::fs::remove_file(root.path().join("box/dovecot-uidlist")).unwrap();
+        std::fs::write(root.path().join("box/dovecot-uidlist"), b"3 V1 N1\n").unwrap();
+        assert!(mail.read_foreign("dovecot-uidlist", 4).is_err(), "too big");
+        assert_eq!(mail.read_foreign("dovecot-uidlist", 100).unwrap().unwrap(), b"3 V1 N1\n");
+    }
+
+    #[test]
+    fn renames_never_replace_and_old_tmp_files_go() {
+        let root = tempfile::tempdir().unwrap();
+        let mail = maildir(root.path());
+        let b = root.path().join("box");
+        std::fs::write(b.join("new/1.a"), b"a").unwrap();
+        std::fs::write(b.join("cur/1.a:2,"), b"other").unwrap();
+        assert!(mail.rename(Sub::New, b"1.a", Sub::Cur, b"1.a:2,").is_err());
+        mail.rename(Sub::New, b"1.a", Sub::Cur, b"1.a:2,S").unwrap();
+        assert_eq!(std::fs::read(b.join("cur/1.a:2,S")).unwrap(), b"a");
+        std::fs::write(b.join("tmp/old"), b"x").unwrap();
+        std::fs::write(b.join("tmp/fresh"), b"x").unwrap();
+        let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(37 * 3600);
+        File::options().write(true).open(b.join("tmp/old")).unwrap().set_modified(long_ago).unwrap();
+        assert_eq!(mail.clean_tmp(std::time::Duration::from_secs(36 * 3600)).unwrap(), 1);
+        assert!(b.join("tmp/fresh").exists() && !b.join("tmp/old").exists());
     }
 }

@@ -69,6 +69,9 @@ impl Fixture {
             ("auth_failure_delay_ms", "0"),
             // Tests fail logins on purpose, all from 127.0.0.1.
             ("max_auth_failures_per_ip", "1000000"),
+            // Most tests watch files where they were put; tests/flags.rs and tests/dovecot.rs
+            // run with the default (moves to cur/, seen flags) and say so.
+            ("pop3_no_flag_updates", "true"),
         ];
         let mut config = String::new();
         for (key, value) in defaults {
