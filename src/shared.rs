@@ -14,7 +14,7 @@ use crate::auth::apop::TimestampMaker;
 use crate::auth::throttle::{Policy, Throttle};
 use crate::config::Config;
 use crate::i18n::{Catalog, Texts};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PoolSource};
 use crate::store::MailRoot;
 use crate::tls::Tls;
 use crate::transcript::Transcripts;
@@ -71,13 +71,17 @@ impl Shared {
             Some(dir) => Some(Transcripts::start(dir, config.transcript_max_bytes, config.transcript_max_files)?),
             None => None,
         };
+        let metrics = Arc::new(Metrics::new());
+        if let Some(read) = auth.pool_reader() {
+            metrics.watch_pool(PoolSource(read));
+        }
         Ok(Shared {
             i18n,
             default_language,
             transcripts,
             throttle,
             shutdown: tokio::sync::watch::Sender::new(false),
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             per_ip: Mutex::new(HashMap::new()),
             tls,
             timestamps: TimestampMaker::new(&config.hostname),

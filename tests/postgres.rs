@@ -299,7 +299,8 @@ async fn logins_against_rows_survive_a_database_outage() {
         argon2(ALICE_PASSWORD)
     );
     cluster.sql(&format!("{schema}\n{rows}")).await;
-    let server = TestServer::start_on(cluster.fixture(ALL_SASL)).await;
+    let server = TestServer::start_on(cluster.fixture(&format!("{ALL_SASL}\nmetrics_listen = \"127.0.0.1:0\""))).await;
+    assert_eq!(pool_gauges(&server).await, [0, 0, 0], "no connection before the first login");
 
     // USER/PASS (bare argon2id), APOP, CRAM-MD5 and SCRAM-SHA-256 (the secret column) and
     // AUTH PLAIN ({SHA512-CRYPT} row).
@@ -309,6 +310,11 @@ async fn logins_against_rows_survive_a_database_outage() {
     let reply = client.apop("alice", ALICE_APOP_SECRET).await;
     assert!(reply.starts_with("+OK"), "APOP: {reply}");
     quit(&mut client).await;
+    let [open, idle, waiting] = pool_gauges(&server).await;
+    assert!(
+        open >= 1 && idle == open && waiting == 0,
+        "the pool in /metrics: open {open}, idle {idle}, waiting {waiting}"
+    );
     let mut client = server.connect().await;
     let plain = B64.encode(format!("\0bob\0{SHA512_PASSWORD}"));
     let reply = client.cmd(&format!("AUTH PLAIN {plain}")).await;
@@ -476,4 +482,18 @@ async fn sslmode_require_logs_in_over_verified_tls() {
     let other_ca = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap().cert.pem();
     let wrong_ca = TestServer::start_on(tls(&other_ca)).await;
     assert!(login_time(&wrong_ca, "alice", ALICE_PASSWORD).await.0.starts_with("-ERR [SYS/TEMP]"));
+}
+
+/// `apopd_users_db_pool{state="open|idle|waiting"}` from the server's `/metrics`.
+async fn pool_gauges(server: &TestServer) -> [i64; 3] {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(server.metrics_addr.expect("metrics_listen")).await.unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.unwrap();
+    ["open", "idle", "waiting"].map(|state| {
+        let series = format!("apopd_users_db_pool{{state=\"{state}\"}} ");
+        let line = text.lines().find(|l| l.starts_with(&series)).unwrap_or_else(|| panic!("no {series} in\n{text}"));
+        line[series.len()..].trim().parse().unwrap()
+    })
 }

@@ -48,6 +48,14 @@ impl Authenticator {
         })
     }
 
+    /// Reads the database pool's `[open, idle, waiting]`, when there is a database.
+    pub fn pool_reader(&self) -> Option<Box<dyn Fn() -> [i64; 3] + Send + Sync>> {
+        match self {
+            Authenticator::File(_) => None,
+            Authenticator::Postgres(db) => Some(db.pool_reader()),
+        }
+    }
+
     /// Whether `password` is `user`'s; unknown users cost the same time as a wrong password.
     pub async fn check_password(&self, user: &str, password: Vec<u8>) -> Checked {
         match self {

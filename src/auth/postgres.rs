@@ -138,6 +138,17 @@ impl Postgres {
         })
     }
 
+    /// Reads the pool's `[open, idle, waiting]` (connections, and logins waiting for one), for
+    /// the metrics.
+    pub fn pool_reader(&self) -> Box<dyn Fn() -> [i64; 3] + Send + Sync> {
+        let pool = self.pool.clone();
+        Box::new(move || {
+            let status = pool.status();
+            let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+            [count(status.size), count(status.available), count(status.waiting)]
+        })
+    }
+
     /// The first column of the row `query` returns for `user` (`None`: no row, or NULL).
     async fn lookup(&self, query: &str, user: &str) -> Result<Option<String>, Unavailable> {
         let work = async {

@@ -206,6 +206,22 @@ pub struct Metrics {
     update_seconds: Histogram,
     /// `[implicit, stls][success, failure, timeout]`.
     handshakes: [[Counter; 3]; 2],
+    /// The accounts database pool: `[open, idle, waiting]`.
+    users_db_pool: [Gauge; 3],
+    /// Reads the pool's state at each scrape, when accounts are in a database.
+    pool_source: std::sync::OnceLock<PoolSource>,
+}
+
+/// A pool's `[open connections, idle connections, logins waiting for one]`.
+pub type PoolState = [i64; 3];
+
+/// Reads a [`PoolState`] (the accounts backend's pool, wired in by `Shared`).
+pub struct PoolSource(pub Box<dyn Fn() -> PoolState + Send + Sync>);
+
+impl std::fmt::Debug for PoolSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PoolSource")
+    }
 }
 
 impl Default for Metrics {
@@ -318,6 +334,13 @@ impl Metrics {
                 .map(|result| handshake_family.get_or_create_owned(&[("kind", kind), ("result", result)]))
         });
         registry.register("tls_handshakes", "TLS handshakes, by kind and result", handshake_family);
+        let users_db_pool = family(
+            &mut registry,
+            "users_db_pool",
+            "The accounts database pool: open and idle connections, logins waiting for one (0 with the users file)",
+            "state",
+            ["open", "idle", "waiting"],
+        );
         Metrics {
             registry,
             sessions,
@@ -332,7 +355,14 @@ impl Metrics {
             deleted,
             update_seconds,
             handshakes,
+            users_db_pool,
+            pool_source: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Report `source`'s pool state at every scrape from now on (set once).
+    pub fn watch_pool(&self, source: PoolSource) {
+        let _ = self.pool_source.set(source);
     }
 
     /// A connection was accepted on a plain (`tls` false) or POP3S listener.
@@ -388,6 +418,11 @@ impl Metrics {
 
     /// The Prometheus text format (0.0.4), or OpenMetrics 1.0 when `openmetrics`.
     pub fn encode(&self, openmetrics: bool) -> String {
+        if let Some(PoolSource(read)) = self.pool_source.get() {
+            for (gauge, value) in self.users_db_pool.iter().zip(read()) {
+                gauge.set(value);
+            }
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = if openmetrics {

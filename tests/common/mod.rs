@@ -117,6 +117,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// The POP3S listener, when `listen_tls` is configured.
     pub tls_addr: Option<SocketAddr>,
+    /// The `/metrics` endpoint, when `metrics_listen` is configured.
+    pub metrics_addr: Option<SocketAddr>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -136,11 +138,12 @@ impl TestServer {
         let addrs = server.local_addrs();
         let addr = addrs.iter().find(|(_, k)| *k == Kind::Plain).expect("plain listener").0;
         let tls_addr = addrs.iter().find(|(_, k)| *k == Kind::Tls).map(|(a, _)| *a);
+        let metrics_addr = server.metrics_addr();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(server.run(async move {
             let _ = stopped.await;
         }));
-        TestServer { fixture, addr, tls_addr, stop: Some(stop) }
+        TestServer { fixture, addr, tls_addr, metrics_addr, stop: Some(stop) }
     }
 
     pub async fn connect(&self) -> Client {
