@@ -260,8 +260,15 @@ async fn reference_deployment_in_miniature() {
     if !have_program("haproxy", "haproxy") {
         return;
     }
-    // Two nodes on one mail root behind one HAProxy (accounts: the users file here).
-    let fixture = fixture("127.0.0.1/32", "");
+    let Some(bin) = postgres::postgres_bin() else { return };
+    // Two nodes on one mail root behind one HAProxy, accounts in one PostgreSQL: the
+    // reference deployment of docs/scaling.md, in miniature.
+    let cluster = postgres::Cluster::start(bin);
+    let rows =
+        format!("INSERT INTO pop3_users (name, password) VALUES ('alice', '{}');", postgres::argon2(ALICE_PASSWORD));
+    cluster.sql(&format!("{}\n{rows}", postgres::documented_schema())).await;
+    let users = format!("[users]\nbackend = \"postgres\"\nurl = \"{}\"\ntimeout_ms = 1500", cluster.url());
+    let fixture = fixture("127.0.0.1/32", &users);
     let nodes = [ServerProcess::spawn(&fixture.config_path), ServerProcess::spawn(&fixture.config_path)];
     let backends: Vec<SocketAddr> = nodes.iter().map(|n| n.proxy_addr.expect("proxy listener")).collect();
     let (haproxy, front) = balance(fixture.dir.path(), &backends);
@@ -291,4 +298,7 @@ async fn reference_deployment_in_miniature() {
     assert!(third.login("alice", ALICE_PASSWORD).await.starts_with("+OK alice's maildrop has 4 messages"));
     assert!(third.cmd("QUIT").await.starts_with("+OK"));
     assert!(!nodes.iter().flat_map(|n| n.log_lines()).any(|l| l.contains("PROXY header")));
+    // The accounts really are the database's: a user only the users file knows is unknown.
+    let mut bob = Client::start(connect_from(front, "127.0.0.13").await).await;
+    assert!(bob.login("bob", BOB_PASSWORD).await.starts_with("-ERR [AUTH]"));
 }

@@ -2,6 +2,8 @@
 //! of the demo fixtures, and a small line-oriented POP3 client.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod postgres;
+
 use std::io::{BufRead, BufReader as StdBufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
