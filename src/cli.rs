@@ -5,7 +5,7 @@ mod users_db;
 
 use std::collections::BTreeMap;
 
-use std::io::{BufRead, IsTerminal};
+use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -17,6 +17,7 @@ use apopd::config::{Config, LogFormat};
 use apopd::server::{Kind, Server, reload_tls_on_hangup};
 use apopd::store::deliver::DeliverError;
 use apopd::{demo, privileges, store, systemd};
+use nix::sys::signal::{SigHandler, Signal, signal};
 
 /// sysexits.h codes an MTA understands.
 const EX_NOUSER: u8 = 67;
@@ -28,6 +29,13 @@ const EX_NOPERM: u8 = 77;
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if !matches!(args.command, Command::Serve { .. }) {
         crate::init_logging(LogFormat::Text);
+    }
+    if only_prints(&args.command) {
+        // `apopd migrate check … | head`: a closed pipe ends the command quietly, as it does
+        // `cat`, instead of a panic in println!. Rust ignores SIGPIPE by default, which a
+        // server needs; these commands write nothing but their output.
+        // SAFETY: SIG_DFL installs no handler code; no thread has started yet.
+        let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
     }
     match args.command {
         Command::Serve { config } => serve(config),
@@ -63,6 +71,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// `apopd migrate check`: print each maildir's UIDL report; fails when one cannot be read.
+/// Commands whose only effect is their output (nothing half-written if a closed pipe ends them).
+fn only_prints(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::ApopDigest { .. } | Command::Migrate { .. } | Command::User { action: UserAction::List { .. } }
+    )
+}
+
 /// `apopd migrate check`: read-only reports on maildirs and, with `--passwd`, a password file.
 fn migrate_check(
     dirs: &[PathBuf],
@@ -159,7 +175,8 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
 /// `serve` would read them.
 fn check_config(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
-    println!("{}", config.to_toml().trim_end());
+    // A closed pipe (`| head`) must not stop the checks or leave the demo copy behind.
+    let _ = writeln!(std::io::stdout(), "{}", config.to_toml().trim_end());
     for warning in config.warnings() {
         eprintln!("apopd check-config: warning: {warning}");
     }

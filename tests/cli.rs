@@ -709,3 +709,32 @@ fn home_directory_maildirs_served_as_root_are_warned_about() {
     let out = apopd(&["check-config", "--config", path_str(&virtual_users.config_path)], b"");
     assert!(!show(&out.stderr).contains("warning"), "not a home layout: {}", show(&out.stderr));
 }
+
+/// A printing command whose reader has gone (`| head`): no panic about a closed pipe, and
+/// check-config still checks and reports. The pipe is closed before the child starts writing.
+#[test]
+fn printing_commands_end_quietly_on_a_closed_pipe() {
+    let fixture = Fixture::new("");
+    let mail = fixture.dir.path().join("mail");
+    let commands: [&[&str]; 3] = [
+        &["check-config", "--config", path_str(&fixture.config_path)],
+        &["migrate", "check", path_str(&mail)],
+        &["apop-digest", "<1.2@x>", "secret"],
+    ];
+    for args in commands {
+        let mut child = Command::new(APOPD)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn apopd");
+        drop(child.stdout.take()); // the reader is gone before a byte is written
+        let out = child.wait_with_output().expect("wait");
+        let stderr = show(&out.stderr);
+        assert!(!stderr.contains("panicked") && !stderr.contains("failed printing"), "{args:?}: {stderr}");
+        if args[0] == "check-config" {
+            assert!(out.status.success() && stderr.contains(": OK"), "check-config still checks: {stderr}");
+        }
+    }
+}
