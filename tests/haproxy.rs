@@ -114,22 +114,8 @@ fn fail2ban_bans_only(fixture: &Fixture, log: &[String], client: &str, count: us
     if !have_program("fail2ban-regex", "fail2ban") {
         return;
     }
-    let journal = log.iter().map(|l| format!("Dec  1 10:00:00 mailhost apopd[4242]: {l}"));
-    let text: Vec<String> = log.iter().cloned().chain(journal).collect();
-    let path = fixture.dir.path().join("proxied.log");
-    std::fs::write(&path, text.join("\n") + "\n").expect("write log");
-    let filter = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/fail2ban/filter.d/apopd.conf");
-    let out = Command::new("timeout")
-        .args(["-k", "5", "60", "fail2ban-regex", "--raw", "-o", "ip"])
-        .arg(&path)
-        .arg(filter)
-        .env("LC_ALL", "C")
-        .output()
-        .expect("run fail2ban-regex");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "fail2ban-regex: {stdout}{}", String::from_utf8_lossy(&out.stderr));
-    let ips: Vec<&str> = stdout.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(ips, vec![client; 2 * count], "proxied failures, client address only:\n{stdout}");
+    let ips = fail2ban_matches(fixture.dir.path(), "apopd.conf", log);
+    assert_eq!(ips, vec![client; 2 * count], "proxied failures, client address only");
 }
 
 /// A fixture with a plain listener, a PROXY listener and (with `tls`) a POP3S PROXY listener.

@@ -482,20 +482,6 @@ fn the_json_fail2ban_filter_matches_every_failure_and_only_the_real_address() {
     });
     server.wait_for_log("authentication failed", 3);
     let lines: Vec<String> = server.log_lines().into_iter().filter(|l| l.starts_with('{')).collect();
-    let mut log: Vec<String> = lines.clone();
-    log.extend(lines.iter().map(|l| format!("Nov 23 15:01:13 mailhost apopd[4242]: {l}")));
-    let log_path = fixture.dir.path().join("apopd.json.log");
-    std::fs::write(&log_path, log.join("\n") + "\n").unwrap();
-    let filter = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/fail2ban/filter.d/apopd-json.conf");
-    let out = std::process::Command::new("timeout")
-        .args(["-k", "5", "60", "fail2ban-regex", "--raw", "-o", "ip"])
-        .arg(&log_path)
-        .arg(filter)
-        .env("LC_ALL", "C")
-        .output()
-        .expect("run fail2ban-regex");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "fail2ban-regex failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let ips: Vec<&str> = stdout.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(ips, vec!["127.0.0.1"; 6], "one match per failed login in each log form:\n{stdout}\n{}", log.join("\n"));
+    let ips = fail2ban_matches(fixture.dir.path(), "apopd-json.conf", &lines);
+    assert_eq!(ips, vec!["127.0.0.1"; 6], "one match per failed login in each log form:\n{}", lines.join("\n"));
 }

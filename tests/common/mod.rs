@@ -515,3 +515,24 @@ impl Drop for ServerProcess {
         let _ = self.child.wait();
     }
 }
+
+/// The addresses the shipped fail2ban filter `filter.d/<filter>` finds in `log`, which is
+/// given to the real fail2ban-regex twice: as apopd writes it and behind the syslog-style
+/// prefix the journal adds. The caller checks `have_program("fail2ban-regex", …)` first.
+pub fn fail2ban_matches(dir: &Path, filter: &str, log: &[String]) -> Vec<String> {
+    let journal = log.iter().map(|l| format!("Nov 23 15:01:13 mailhost apopd[4242]: {l}"));
+    let text: Vec<String> = log.iter().cloned().chain(journal).collect();
+    let path = dir.join(format!("{filter}.log"));
+    std::fs::write(&path, text.join("\n") + "\n").expect("write log");
+    let filter = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/fail2ban/filter.d").join(filter);
+    let out = Command::new("timeout")
+        .args(["-k", "5", "60", "fail2ban-regex", "--raw", "-o", "ip"])
+        .arg(&path)
+        .arg(filter)
+        .env("LC_ALL", "C")
+        .output()
+        .expect("run fail2ban-regex");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "fail2ban-regex failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    stdout.lines().filter(|l| !l.trim().is_empty()).map(str::to_owned).collect()
+}
