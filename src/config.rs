@@ -319,7 +319,8 @@ fn default_true() -> bool {
 fn default_sasl_mechanisms() -> Vec<Mechanism> {
     vec![Mechanism::Plain, Mechanism::Login]
 }
-fn default_hostname() -> String {
+/// This machine's host name (the kernel's), else `localhost`: the default `hostname`.
+pub fn default_hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .ok()

@@ -99,7 +99,7 @@ pub fn init(options: &Options) -> anyhow::Result<Made> {
     for name in &new_accounts {
         let location = root.locate(name).with_context(|| format!("invalid account name {name}"))?;
         let message = welcome_message(&lab, name);
-        crate::store::deliver::deliver(&location, root.policy(), &host_name(), &mut message.as_bytes())
+        crate::store::deliver::deliver(&location, root.policy(), &crate::config::default_hostname(), &mut message.as_bytes())
             .with_context(|| format!("cannot put the welcome message into {name}'s maildir"))?;
     }
     write_private(&dir.join(LAB_FILE), toml::to_string(&lab).context("cannot write lab.toml")?.as_bytes())?;
@@ -165,17 +165,8 @@ fn guess_server(listen: SocketAddr, network: IpNet) -> String {
     match in_network {
         Some(ip) => ip.to_string(),
         None if network.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)) => "127.0.0.1".to_owned(),
-        None => host_name(),
+        None => crate::config::default_hostname(),
     }
-}
-
-/// This machine's name.
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_owned())
 }
 
 /// The server's config: relative paths, so the lab directory can be moved.
