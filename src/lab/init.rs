@@ -99,8 +99,13 @@ pub fn init(options: &Options) -> anyhow::Result<Made> {
     for name in &new_accounts {
         let location = root.locate(name).with_context(|| format!("invalid account name {name}"))?;
         let message = welcome_message(&lab, name);
-        crate::store::deliver::deliver(&location, root.policy(), &crate::config::default_hostname(), &mut message.as_bytes())
-            .with_context(|| format!("cannot put the welcome message into {name}'s maildir"))?;
+        crate::store::deliver::deliver(
+            &location,
+            root.policy(),
+            &crate::config::default_hostname(),
+            &mut message.as_bytes(),
+        )
+        .with_context(|| format!("cannot put the welcome message into {name}'s maildir"))?;
     }
     write_private(&dir.join(LAB_FILE), toml::to_string(&lab).context("cannot write lab.toml")?.as_bytes())?;
     let (markdown, html) = handout::render(&lab, &accounts);
