@@ -14,7 +14,7 @@ use apopd::args::{Args, Command, DEFAULT_CONFIG, MigrateAction, UserAction};
 use apopd::auth::users::{self, Entries};
 use apopd::auth::{apop, import, password};
 use apopd::config::{Config, LogFormat};
-use apopd::server::{Kind, Server, reload_tls_on_hangup};
+use apopd::server::{Kind, Server};
 use apopd::store::deliver::DeliverError;
 use apopd::{demo, privileges, store, systemd};
 use nix::sys::signal::{SigHandler, Signal, signal};
@@ -131,11 +131,13 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         eprintln!("apopd: serving the demo from {} (a fresh copy of {})", dir.display(), demo::DEMO_SOURCE);
     }
     let config = Config::load(&path)?;
+    let path = std::path::absolute(&path).unwrap_or(path);
     crate::init_logging(config.log_format);
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
     let (run_as_user, run_as_group) = (config.run_as_user.clone(), config.run_as_group.clone());
+    size_connections(&config);
     // Bind and read keys as root, then drop root before the runtime starts any thread.
     let inherited = systemd::inherited_listeners()?;
     let server = if inherited.is_empty() {
@@ -145,6 +147,13 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         Server::with_listeners(config, inherited)?
     };
     privileges::drop_to(run_as_user.as_deref(), run_as_group.as_deref())?;
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    // Signal handlers before "ready": a SIGHUP or SIGTERM right after it must not find the
+    // default action (which ends the process).
+    let (server, shutdown) = {
+        let _runtime = runtime.enter();
+        (server.reload_on_hangup(path)?, shutdown_signal()?)
+    };
     for (addr, kind) in server.local_addrs() {
         match kind {
             Kind::Plain => eprintln!("apopd: POP3 on {addr}"),
@@ -157,11 +166,9 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         eprintln!("apopd: metrics on http://{addr}/metrics");
     }
     eprintln!("apopd: ready");
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
-        tokio::spawn(reload_tls_on_hangup(server.shared()));
         systemd::ready();
-        server.run(shutdown_signal()).await;
+        server.run(shutdown).await;
     });
     // Blocking tasks (an UPDATE's unlinks) get a moment; each unlink is atomic either way.
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
@@ -169,6 +176,32 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         let _ = std::fs::remove_dir_all(dir);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Raise the open-file limit and log how many connections it and memory allow.
+fn size_connections(config: &Config) {
+    use apopd::capacity::{Sizing, raise_open_files_limit};
+    match raise_open_files_limit() {
+        Ok((before, after)) if before < after => tracing::info!("open-file limit raised from {before} to {after}"),
+        Ok((_, limit)) => tracing::info!("open-file limit {limit}"),
+        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+    }
+    let sizing = Sizing::of_this_machine();
+    match config.max_connections {
+        None => tracing::info!(
+            "max_connections {} (not set: sized from the open-file limit {} and {} MiB of memory)",
+            sizing.max_connections,
+            sizing.open_files,
+            sizing.memory >> 20
+        ),
+        Some(max) if max as u64 > Sizing::connections_for_files(sizing.open_files) => tracing::warn!(
+            "max_connections {max} is more than the open-file limit {} can serve (about {}); \
+             raise LimitNOFILE or lower max_connections",
+            sizing.open_files,
+            Sizing::connections_for_files(sizing.open_files)
+        ),
+        Some(_) => {}
+    }
 }
 
 /// Load, print and fully check a config: also the users files and the certificate, as
@@ -180,6 +213,15 @@ fn check_config(path: &Path) -> anyhow::Result<()> {
     for warning in config.warnings() {
         eprintln!("apopd check-config: warning: {warning}");
     }
+    if config.max_connections.is_none() {
+        let sizing = apopd::capacity::Sizing::of_this_machine();
+        eprintln!(
+            "apopd check-config: max_connections not set: {} here (open-file limit {}, {} MiB of memory)",
+            sizing.max_connections,
+            sizing.open_files,
+            sizing.memory >> 20
+        );
+    }
     let db = config.postgres().cloned();
     apopd::shared::Shared::new(config)?;
     if let Some(users) = db {
@@ -188,22 +230,18 @@ fn check_config(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// Completes on SIGINT or SIGTERM; both are watched from the call on (inside the runtime).
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-        Err(e) => {
-            tracing::error!("cannot watch SIGTERM: {e}");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-    systemd::stopping();
+        systemd::stopping();
+    })
 }
 
 /// `apopd deliver`: exit codes follow sysexits.h so an MTA retries or bounces correctly.

@@ -68,9 +68,11 @@ pub struct Config {
     /// Minimum seconds between two logins of one user; advertised as LOGIN-DELAY.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub login_delay_secs: Option<u64>,
-    /// Most simultaneous connections; more are answered `-ERR [SYS/TEMP]` and closed.
-    #[serde(default = "default_max_connections")]
-    pub max_connections: usize,
+    /// Most simultaneous connections. At the limit the oldest connection that has not logged
+    /// in makes room for a new one; with only logged-in sessions, new ones get `-ERR [SYS/TEMP]`.
+    /// Unset: sized from the open-file limit and memory ([`crate::capacity::Sizing`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
     /// Most simultaneous connections from one IP address.
     #[serde(default = "default_max_connections_per_ip")]
     pub max_connections_per_ip: usize,
@@ -339,9 +341,6 @@ fn default_idle_timeout() -> u64 {
 fn default_auth_failure_delay() -> u64 {
     2000
 }
-fn default_max_connections() -> usize {
-    1024
-}
 fn default_max_connections_per_ip() -> usize {
     20
 }
@@ -428,7 +427,7 @@ impl Config {
         if self.max_message_size == 0 {
             bail!("max_message_size: must be at least 1");
         }
-        if self.max_connections == 0 {
+        if self.max_connections == Some(0) {
             bail!("max_connections: must be at least 1");
         }
         if self.max_connections_per_ip == 0 {
@@ -563,6 +562,11 @@ impl Config {
         warnings
     }
 
+    /// `max_connections`, or the default sized for this machine when it is not set.
+    pub fn max_connections(&self) -> usize {
+        self.max_connections.unwrap_or_else(|| crate::capacity::Sizing::of_this_machine().max_connections)
+    }
+
     /// The inactivity timeout (TRANSACTION state).
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_timeout_secs)
@@ -600,6 +604,21 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
     }
+
+    /// The top-level keys whose effective values differ from `other`'s, sorted (tables such
+    /// as `[users]` count as one key).
+    pub fn changed_keys(&self, other: &Config) -> Vec<String> {
+        let table = |config: &Config| match toml::Value::try_from(config) {
+            Ok(toml::Value::Table(table)) => table,
+            _ => toml::Table::new(),
+        };
+        let (old, new) = (table(self), table(other));
+        let mut keys: Vec<String> =
+            old.keys().chain(new.keys()).filter(|k| old.get(*k) != new.get(*k)).cloned().collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
 }
 
 #[cfg(test)]
@@ -611,6 +630,16 @@ mod tests {
         let path = dir.path().join("apopd.toml");
         std::fs::write(&path, text)?;
         Config::load(&path)
+    }
+
+    #[test]
+    fn changed_keys_names_top_level_keys_and_tables() {
+        let a = parse("mail_root = \"/m/{user}\"\nmax_connections = 5").unwrap();
+        let b = parse("mail_root = \"/m/{user}\"\nmax_connections = 6\nlogin_delay_secs = 3").unwrap();
+        assert_eq!(a.changed_keys(&b), ["login_delay_secs", "max_connections"]);
+        assert!(a.changed_keys(&a.clone()).is_empty());
+        let c = parse("mail_root = \"/m/{user}\"\nmax_connections = 5\n[users]\nbackend = \"file\"").unwrap();
+        assert_eq!(a.changed_keys(&c), ["users"]);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 pub mod args;
 pub mod auth;
+pub mod capacity;
 pub mod config;
 pub mod demo;
 pub mod i18n;

@@ -24,8 +24,8 @@ use crate::transcript::Transcripts;
 pub struct Shared {
     /// The validated configuration.
     pub config: Config,
-    /// Credential checks.
-    pub auth: Authenticator,
+    /// Credential checks (kept across a config reload that leaves the accounts settings alone).
+    pub auth: Arc<Authenticator>,
     /// Greeting timestamps.
     pub timestamps: TimestampMaker,
     /// Where mailboxes are.
@@ -39,62 +39,110 @@ pub struct Shared {
     /// Failed-login memory.
     pub throttle: Throttle,
     /// Session transcripts, when `transcript_dir` is set.
-    pub transcripts: Option<Transcripts>,
+    pub transcripts: Option<Arc<Transcripts>>,
     /// Becomes true when the server shuts down; sessions watch it.
-    pub shutdown: tokio::sync::watch::Sender<bool>,
+    pub shutdown: Arc<tokio::sync::watch::Sender<bool>>,
     /// Every exported metric.
     pub metrics: Arc<Metrics>,
     /// When each user last logged in, for LOGIN-DELAY.
-    last_login: Mutex<HashMap<String, Instant>>,
+    last_login: Arc<Mutex<HashMap<String, Instant>>>,
     /// Open connections per client IP.
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
 }
 
 impl Shared {
     /// Build from a validated config: loads the users files or sets up the accounts database pool.
     pub fn new(config: Config) -> anyhow::Result<Self> {
-        let auth = Authenticator::from_config(&config)?;
-        let tls = match (&config.tls_cert, &config.tls_key) {
-            (Some(cert), Some(key)) => Some(Tls::load(cert, key)?),
-            _ => None,
-        };
-        let throttle = Throttle::new(Policy {
-            base_delay: Duration::from_millis(config.auth_failure_delay_ms),
-            max_delay: Duration::from_millis(config.auth_failure_delay_max_ms),
-            max_failures_per_ip: config.max_auth_failures_per_ip,
-            window: Duration::from_secs(config.auth_failure_window_secs),
-            exempt: config.lab_networks.clone(),
-        });
-        let i18n = config.catalog()?;
-        let default_language = i18n.index_of(&config.language).unwrap_or(0);
+        let auth = Arc::new(Authenticator::from_config(&config)?);
         let transcripts = match &config.transcript_dir {
-            Some(dir) => Some(Transcripts::start(dir, config.transcript_max_bytes, config.transcript_max_files)?),
+            Some(dir) => {
+                Some(Arc::new(Transcripts::start(dir, config.transcript_max_bytes, config.transcript_max_files)?))
+            }
             None => None,
         };
         let metrics = Arc::new(Metrics::new());
         if let Some(read) = auth.pool_reader() {
             metrics.watch_pool(PoolSource(read));
         }
+        let throttle = Throttle::new(throttle_policy(&config));
+        let carried = Carried {
+            auth,
+            transcripts,
+            throttle,
+            metrics,
+            shutdown: Arc::new(tokio::sync::watch::Sender::new(false)),
+            last_login: Arc::default(),
+            per_ip: Arc::default(),
+        };
+        Self::build(config, carried)
+    }
+
+    /// The state for `config` (a SIGHUP reload), keeping what must outlive one configuration:
+    /// failed-login and last-login memory, connection counts, metrics, the shutdown signal,
+    /// and the accounts backend and transcript writer when their settings did not change.
+    /// Sessions already open keep the `Shared` they started with.
+    pub fn reload(&self, config: Config) -> anyhow::Result<Self> {
+        let auth = match same_accounts(&self.config, &config) {
+            true => self.auth.clone(),
+            false => Arc::new(Authenticator::from_config(&config)?),
+        };
+        let same_transcripts =
+            (&self.config.transcript_dir, self.config.transcript_max_bytes, self.config.transcript_max_files)
+                == (&config.transcript_dir, config.transcript_max_bytes, config.transcript_max_files);
+        let transcripts = match (&config.transcript_dir, same_transcripts) {
+            (_, true) => self.transcripts.clone(),
+            (Some(dir), false) => {
+                Some(Arc::new(Transcripts::start(dir, config.transcript_max_bytes, config.transcript_max_files)?))
+            }
+            (None, false) => None,
+        };
+        let carried = Carried {
+            auth,
+            transcripts,
+            throttle: self.throttle.with_policy(throttle_policy(&config)),
+            metrics: self.metrics.clone(),
+            shutdown: self.shutdown.clone(),
+            last_login: self.last_login.clone(),
+            per_ip: self.per_ip.clone(),
+        };
+        Self::build(config, carried)
+    }
+
+    fn build(config: Config, carried: Carried) -> anyhow::Result<Self> {
+        let Carried { auth, transcripts, throttle, metrics, shutdown, last_login, per_ip } = carried;
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(Tls::load(cert, key)?),
+            _ => None,
+        };
+        let i18n = config.catalog()?;
+        let default_language = i18n.index_of(&config.language).unwrap_or(0);
         Ok(Shared {
             i18n,
             default_language,
             transcripts,
             throttle,
-            shutdown: tokio::sync::watch::Sender::new(false),
+            shutdown,
             metrics,
-            per_ip: Mutex::new(HashMap::new()),
+            per_ip,
             tls,
             timestamps: TimestampMaker::new(&config.hostname),
             mail_root: config.mail_root()?,
             auth,
             config,
-            last_login: Mutex::new(HashMap::new()),
+            last_login,
         })
     }
 
     /// The texts of the configured language (for replies outside a session).
     pub fn default_texts(&self) -> Texts<'_> {
         self.i18n.texts(self.default_language, self.config.lab_hints)
+    }
+
+    /// The LOGIN-DELAY capability's seconds for a client at `ip`, when it has one (RFC 2449
+    /// §6.5): `login_delay_secs`, or 0 where only the failed-login throttle can answer
+    /// `[LOGIN-DELAY]` (no wait between good logins; the code may still come after failures).
+    pub fn login_delay_capability(&self, ip: IpAddr) -> Option<u64> {
+        self.config.login_delay_secs.or_else(|| (!self.throttle.is_exempt(ip)).then_some(0))
     }
 
     /// How long `user` must still wait under LOGIN-DELAY, if at all.
@@ -122,6 +170,34 @@ impl Shared {
             self.last_login.lock().unwrap_or_else(|e| e.into_inner()).insert(user.to_owned(), now);
         }
     }
+}
+
+/// What a reload carries from one `Shared` to the next.
+struct Carried {
+    auth: Arc<Authenticator>,
+    transcripts: Option<Arc<Transcripts>>,
+    throttle: Throttle,
+    metrics: Arc<Metrics>,
+    shutdown: Arc<tokio::sync::watch::Sender<bool>>,
+    last_login: Arc<Mutex<HashMap<String, Instant>>>,
+    per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+fn throttle_policy(config: &Config) -> Policy {
+    Policy {
+        base_delay: Duration::from_millis(config.auth_failure_delay_ms),
+        max_delay: Duration::from_millis(config.auth_failure_delay_max_ms),
+        max_failures_per_ip: config.max_auth_failures_per_ip,
+        window: Duration::from_secs(config.auth_failure_window_secs),
+        exempt: config.lab_networks.clone(),
+    }
+}
+
+/// Whether two configs set up the same accounts backend (then a reload keeps the one open:
+/// its pool, and the users files it re-reads by itself when they change).
+fn same_accounts(old: &Config, new: &Config) -> bool {
+    const ACCOUNTS: [&str; 4] = ["users", "users_file", "apop_secrets_file", "rehash_on_login"];
+    !old.changed_keys(new).iter().any(|key| ACCOUNTS.contains(&key.as_str()))
 }
 
 /// One counted connection from an IP; dropping it uncounts it.

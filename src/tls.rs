@@ -1,14 +1,14 @@
-//! TLS with rustls (ring provider): certificate loading, validity checks, reload on SIGHUP.
+//! TLS with rustls (ring provider): certificate loading and validity checks. A SIGHUP reload
+//! loads a new [`Tls`] with the rest of the configuration.
 //!
 //! PEM goes through rustls-pki-types' `PemObject` (rustls-pemfile is archived); it accepts
 //! PKCS#8, PKCS#1 and SEC1 keys. Its errors do not name the file, so every error here does.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use arc_swap::ArcSwap;
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -17,30 +17,21 @@ use tokio_rustls::TlsAcceptor;
 /// Warn when the certificate expires sooner than this.
 const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
 
-/// The current TLS configuration; new connections use whatever was loaded last.
+/// A loaded certificate and key.
 #[derive(Debug)]
 pub struct Tls {
-    cert: PathBuf,
-    key: PathBuf,
-    current: ArcSwap<ServerConfig>,
+    config: Arc<ServerConfig>,
 }
 
 impl Tls {
     /// Load and check the certificate chain and key.
     pub fn load(cert: &Path, key: &Path) -> anyhow::Result<Self> {
-        let config = build(cert, key)?;
-        Ok(Tls { cert: cert.to_owned(), key: key.to_owned(), current: ArcSwap::from_pointee(config) })
-    }
-
-    /// Re-read both files; on error the previous configuration stays in use.
-    pub fn reload(&self) -> anyhow::Result<()> {
-        self.current.store(Arc::new(build(&self.cert, &self.key)?));
-        Ok(())
+        Ok(Tls { config: Arc::new(build(cert, key)?) })
     }
 
     /// An acceptor for the next handshake.
     pub fn acceptor(&self) -> TlsAcceptor {
-        TlsAcceptor::from(self.current.load_full())
+        TlsAcceptor::from(self.config.clone())
     }
 }
 
@@ -92,6 +83,7 @@ fn check_validity(leaf: &CertificateDer<'_>, now: SystemTime) -> anyhow::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     const TEST_KEYS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/tls-test");
 
@@ -136,23 +128,5 @@ mod tests {
         let der = CertificateDer::from(cert.der().to_vec());
         let before = UNIX_EPOCH + Duration::from_secs(1_500_000_000);
         assert!(format!("{:#}", check_validity(&der, before).unwrap_err()).contains("not valid before"));
-    }
-
-    #[test]
-    fn reload_swaps_the_config_and_keeps_it_on_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
-        std::fs::copy(fixture("ec-sec1.pem"), &cert).unwrap();
-        std::fs::copy(fixture("ec-sec1.key"), &key).unwrap();
-        let tls = Tls::load(&cert, &key).unwrap();
-        let before = tls.current.load_full();
-        std::fs::copy(fixture("ed25519.pem"), &cert).unwrap();
-        std::fs::copy(fixture("ed25519.key"), &key).unwrap();
-        tls.reload().unwrap();
-        assert!(!Arc::ptr_eq(&before, &tls.current.load_full()));
-        let after = tls.current.load_full();
-        std::fs::write(&key, "garbage").unwrap();
-        assert!(tls.reload().is_err());
-        assert!(Arc::ptr_eq(&after, &tls.current.load_full()));
     }
 }

@@ -32,6 +32,7 @@ async fn capa_in_authorization_and_transaction() {
             "AUTH-RESP-CODE",
             "PIPELINING",
             "EXPIRE NEVER",
+            "LOGIN-DELAY 0",
             "UTF8 USER",
             "LANG",
             IMPLEMENTATION
@@ -39,7 +40,7 @@ async fn capa_in_authorization_and_transaction() {
     );
     // CAPA does not disturb a USER in progress.
     assert_eq!(c.cmd("USER alice").await, "+OK send PASS");
-    assert_eq!(c.multi("CAPA").await.1.len(), 11);
+    assert_eq!(c.multi("CAPA").await.1.len(), 12);
     assert_eq!(c.cmd(&format!("PASS {ALICE_PASSWORD}")).await, "+OK alice's maildrop has 5 messages (3038 octets)");
 
     // In TRANSACTION, USER is gone (it no longer works).
@@ -54,6 +55,7 @@ async fn capa_in_authorization_and_transaction() {
             "AUTH-RESP-CODE",
             "PIPELINING",
             "EXPIRE NEVER",
+            "LOGIN-DELAY 0",
             "UTF8 USER",
             "LANG",
             IMPLEMENTATION
@@ -85,7 +87,32 @@ async fn capa_lists_login_delay_when_configured() {
             IMPLEMENTATION
         ])
     );
-    // Without the setting there is no LOGIN-DELAY (checked in the test above: exact list).
+    // Without the setting, LOGIN-DELAY 0: no wait between good logins, but the failed-login
+    // throttle may still answer [LOGIN-DELAY] (RFC 2449 §8.1.1), so the code is announced.
+}
+
+#[tokio::test]
+async fn login_delay_is_advertised_wherever_the_throttle_can_answer_it() {
+    let server = TestServer::start_with("max_auth_failures_per_ip = 2\nauth_failure_delay_ms = 0").await;
+    let mut c = server.connect().await;
+    let login_delay =
+        |lines: &[String]| lines.iter().filter(|l| l.starts_with("LOGIN-DELAY")).cloned().collect::<Vec<_>>();
+    assert_eq!(login_delay(&c.multi("CAPA").await.1), ["LOGIN-DELAY 0"]);
+    // The throttle really answers with the code it announced.
+    for _ in 0..2 {
+        assert_eq!(c.login("alice", "wrong").await, "-ERR [AUTH] invalid user name or password");
+    }
+    let refused = c.login("alice", ALICE_PASSWORD).await;
+    assert!(refused.starts_with("-ERR [LOGIN-DELAY] too many failed logins"), "{refused}");
+
+    // A lab network is never refused per address: nothing to announce there.
+    let server = TestServer::start_with("lab_networks = [\"127.0.0.0/8\"]").await;
+    let mut c = server.connect().await;
+    assert_eq!(login_delay(&c.multi("CAPA").await.1), Vec::<String>::new());
+    // ... unless login_delay_secs applies to everyone.
+    let server = TestServer::start_with("lab_networks = [\"127.0.0.0/8\"]\nlogin_delay_secs = 30").await;
+    let mut c = server.connect().await;
+    assert_eq!(login_delay(&c.multi("CAPA").await.1), ["LOGIN-DELAY 30"]);
 }
 
 #[tokio::test]

@@ -380,7 +380,8 @@ fn check_config_prints_the_effective_config() {
     assert_eq!(printed["listen"][0].as_str(), Some("127.0.0.1:0"));
     assert_eq!(i("auth_failure_delay_ms"), Some(0), "the file's value");
     assert_eq!(i("idle_timeout_secs"), Some(600), "defaults are shown");
-    assert_eq!(i("max_connections"), Some(1024), "defaults are shown");
+    assert_eq!(i("max_connections"), None, "not set: sized when serve starts");
+    assert!(show(&out.stderr).contains("max_connections not set: "), "{}", show(&out.stderr));
 
     // The printed config is itself a valid config with the same effect.
     let again = write_config(&fixture, "printed.toml", &show(&out.stdout));

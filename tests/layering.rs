@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 const RULES: &[(&str, &[&str])] = &[
     ("shared", &["server", "cli", "session"]),
     ("session", &["server", "cli"]),
+    // The connection limit is below both the server that admits and the session that logs in.
+    ("capacity", &["server", "cli", "session", "shared", "auth", "store", "protocol", "config"]),
     ("metrics", &["server", "cli", "session", "shared", "store"]),
     ("auth", &["server", "cli", "session", "shared"]),
     ("store", &["server", "cli", "session", "shared", "auth"]),

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
@@ -50,7 +50,8 @@ pub struct Policy {
 #[derive(Debug)]
 pub struct Throttle {
     policy: Policy,
-    records: Mutex<HashMap<Key, Record>>,
+    /// Shared with the throttle a config reload makes, so failures are not forgotten.
+    records: Arc<Mutex<HashMap<Key, Record>>>,
 }
 
 /// IPv4 as is; IPv6 reduced to its /64.
@@ -67,10 +68,16 @@ fn ip_key(ip: IpAddr) -> Key {
 impl Throttle {
     /// An empty throttle.
     pub fn new(policy: Policy) -> Self {
-        Throttle { policy, records: Mutex::new(HashMap::new()) }
+        Throttle { policy, records: Arc::default() }
     }
 
-    fn is_exempt(&self, ip: IpAddr) -> bool {
+    /// A throttle with a new policy that remembers the same failures (a config reload).
+    pub fn with_policy(&self, policy: Policy) -> Self {
+        Throttle { policy, records: self.records.clone() }
+    }
+
+    /// Whether `ip` is in `exempt` (never counted or refused per IP).
+    pub fn is_exempt(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
         self.policy.exempt.iter().any(|net| net.contains(&ip))
     }

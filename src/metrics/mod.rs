@@ -194,6 +194,7 @@ pub struct Metrics {
     sessions: [Gauge; 3],
     accepted: [Counter; 2],
     refused: [Counter; 4],
+    evicted: Counter,
     logins: [[Counter; 5]; 6],
     login_seconds: Histogram,
     throttle_delay_seconds: Histogram,
@@ -279,6 +280,12 @@ impl Metrics {
             "reason",
             Refusal::ALL.map(Refusal::label),
         );
+        let evicted = Counter::default();
+        registry.register(
+            "connections_evicted",
+            "Connections that had not logged in, closed at max_connections to admit a newer one",
+            evicted.clone(),
+        );
         let login_family = Family::<Labels<2>, Counter>::default();
         let logins = Method::ALL.map(|method| {
             LoginResult::ALL.map(|result| {
@@ -346,6 +353,7 @@ impl Metrics {
             sessions,
             accepted,
             refused,
+            evicted,
             logins,
             login_seconds,
             throttle_delay_seconds,
@@ -368,6 +376,11 @@ impl Metrics {
     /// A connection was accepted on a plain (`tls` false) or POP3S listener.
     pub fn accepted(&self, tls: bool) {
         self.accepted[usize::from(tls)].inc();
+    }
+
+    /// A connection that had not logged in was closed to admit a newer one.
+    pub fn evicted(&self) {
+        self.evicted.inc();
     }
 
     /// A connection was refused before its session began.

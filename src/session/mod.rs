@@ -19,6 +19,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, B
 use tracing::Instrument;
 
 use crate::auth::sasl::{self, Mechanism};
+use crate::capacity::Ticket;
 use crate::i18n::{Key, Texts};
 use crate::metrics::{Handshake, HandshakeResult, SessionGauge, State as Counted};
 use crate::protocol::response::{self, BodyEncoder, TERMINATOR};
@@ -66,6 +67,9 @@ enum End {
     Closed,
     /// STLS accepted: hand the stream to TLS and go on.
     StartTls,
+    /// Evicted to make room: drop the connection without a graceful close, so its place
+    /// is free at once even if the client reads nothing.
+    Evicted,
 }
 
 enum State {
@@ -122,10 +126,20 @@ struct Core {
     transcript: Option<Transcript>,
     /// This session in the sessions-by-state gauge.
     gauge: SessionGauge,
+    /// Its place under `max_connections`.
+    ticket: Ticket,
 }
 
 /// Serve one POP3 client on `stream` (already TLS when `secure`) until it quits, drops or times out.
 pub async fn serve<S>(stream: S, peer: SocketAddr, shared: Arc<Shared>, secure: bool)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    serve_admitted(stream, peer, shared, secure, Ticket::unlimited()).await
+}
+
+/// [`serve`] a connection admitted under `max_connections`: it may be evicted until it logs in.
+pub async fn serve_admitted<S>(stream: S, peer: SocketAddr, shared: Arc<Shared>, secure: bool, ticket: Ticket)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -139,12 +153,13 @@ where
         let context = Context { timestamp, shared, peer, secure, lang, utf8: false };
         let gauge = context.shared.metrics.session();
         let state = State::Authorization(Default::default());
-        let core = Core { context, state, errors_in_a_row: 0, transcript, gauge };
+        let core = Core { context, state, errors_in_a_row: 0, transcript, gauge, ticket };
         let (result, core, stream) = run_on(core, stream, true).await;
-        if let Ok(End::StartTls) = result {
-            return start_tls(core, stream).await;
+        match result {
+            Ok(End::StartTls) => start_tls(core, stream).await,
+            Ok(End::Evicted) => drop(stream),
+            result => finish(result, stream).await,
         }
-        finish(result, stream).await;
     }
     .instrument(span)
     .await
@@ -153,7 +168,11 @@ where
 /// STLS: handshake, then carry on in AUTHORIZATION over TLS (RFC 2595 §4).
 async fn start_tls<S: AsyncRead + AsyncWrite + Unpin>(mut core: Core, stream: S) {
     let Some(tls) = core.context.shared.tls.as_ref() else { return };
-    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream)).await;
+    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream));
+    let handshake = tokio::select! {
+        handshake = handshake => handshake,
+        _ = core.ticket.evicted() => return tracing::info!("server full: evicted during the STLS handshake"),
+    };
     core.context.shared.metrics.handshake(Handshake::Stls, HandshakeResult::of(&handshake));
     let stream = match handshake {
         Ok(Ok(stream)) => stream,
@@ -169,7 +188,10 @@ async fn start_tls<S: AsyncRead + AsyncWrite + Unpin>(mut core: Core, stream: S)
     // Nothing said before the handshake counts afterwards (a USER given before STLS is forgotten).
     core.state = State::Authorization(Default::default());
     let (result, _core, stream) = run_on(core, stream, false).await;
-    finish(result, stream).await;
+    match result {
+        Ok(End::Evicted) => drop(stream),
+        result => finish(result, stream).await,
+    }
 }
 
 /// Log how the session ended and shut the stream down: for TLS this sends close_notify
@@ -198,7 +220,7 @@ async fn run_on<S: AsyncRead + AsyncWrite + Unpin>(
         writer: BufWriter::with_capacity(WRITE_BUFFER, writer),
     };
     let mut result = session.run(greet).await;
-    if result.is_ok() {
+    if matches!(result, Ok(End::Closed | End::StartTls)) {
         result = within(CLOSE_TIMEOUT, session.writer.flush()).await.and(result);
     }
     let Session { core, reader, writer } = session;
@@ -227,6 +249,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
             };
             let max = if self.in_sasl() { sasl::MAX_RESPONSE_LINE } else { lines::MAX_COMMAND_LINE };
             let read = tokio::time::timeout(timeout, lines::next_line(&mut self.reader, max));
+            let logged_in = matches!(self.core.state, State::Transaction(_));
             let line = tokio::select! {
                 line = read => match line {
                     Ok(line) => line?,
@@ -238,6 +261,19 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
                         return Ok(End::Closed);
                     }
                 },
+                // Only a connection that has not logged in is ever evicted.
+                _ = self.core.ticket.evicted(), if !logged_in => {
+                    self.note("evicted: the server is full and this connection had not logged in");
+                    tracing::info!("server full: closing this connection, which has not logged in, to admit a newer one");
+                    let reply = response::err(self.core.context.texts().get(Key::TooManyConnections));
+                    // Only if the socket takes it at once: an evicted client gets no more time.
+                    let say = async {
+                        self.writer.write_all(&reply).await?;
+                        self.writer.flush().await
+                    };
+                    let _ = tokio::time::timeout(Duration::ZERO, say).await;
+                    return Ok(End::Evicted);
+                }
                 // The watch::Ref is dropped inside: it must not live across an await.
                 _ = async { shutdown.wait_for(|down| *down).await.is_ok() } => {
                     tracing::info!("server shutting down; nothing deleted");
@@ -277,6 +313,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
                     if let Some(transcript) = &mut self.core.transcript {
                         transcript.login(transaction.user());
                     }
+                    self.core.ticket.logged_in();
                     self.core.state = State::Transaction(transaction);
                     self.core.gauge.set(Counted::Transaction);
                     self.reply(reply).await?;
@@ -381,7 +418,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
             }
         }
         caps.extend(["RESP-CODES", "AUTH-RESP-CODE", "PIPELINING", "EXPIRE NEVER"].map(String::from));
-        if let Some(delay) = context.shared.config.login_delay_secs {
+        if let Some(delay) = context.shared.login_delay_capability(context.peer.ip()) {
             caps.push(format!("LOGIN-DELAY {delay}"));
         }
         // RFC 6856: UTF-8 user names and passwords after UTF8; LANG in both states.

@@ -427,15 +427,16 @@ impl ServerProcess {
 
     /// Like [`ServerProcess::spawn`], with `RUST_LOG` set to `filter`.
     pub fn spawn_logging(config: &Path, filter: &str) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_apopd"))
-            .args(["serve", "--config"])
-            .arg(config)
-            .env("RUST_LOG", filter)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn apopd");
+        Self::spawn_with(config, filter, |_| {})
+    }
+
+    /// Like [`ServerProcess::spawn_logging`], with the command adjusted by `adjust` first.
+    pub fn spawn_with(config: &Path, filter: &str, adjust: impl FnOnce(&mut Command)) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_apopd"));
+        command.args(["serve", "--config"]).arg(config).env("RUST_LOG", filter);
+        command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        adjust(&mut command);
+        let mut child = command.spawn().expect("spawn apopd");
         let stderr = child.stderr.take().expect("stderr");
         let mut lines = StdBufReader::new(stderr).lines();
         let log = Arc::new(Mutex::new(Vec::new()));
