@@ -75,6 +75,7 @@ impl Shared {
         if let Some(read) = auth.pool_reader() {
             metrics.watch_pool(PoolSource(read));
         }
+        auth.count_in(metrics.clone());
         Ok(Shared {
             i18n,
             default_language,

@@ -208,6 +208,8 @@ pub struct Metrics {
     handshakes: [[Counter; 3]; 2],
     /// The accounts database pool: `[open, idle, waiting]`.
     users_db_pool: [Gauge; 3],
+    /// Auth cache lookups: `[miss, hit]`.
+    auth_cache: [Counter; 2],
     /// Reads the pool's state at each scrape, when accounts are in a database.
     pool_source: std::sync::OnceLock<PoolSource>,
 }
@@ -341,6 +343,13 @@ impl Metrics {
             "state",
             ["open", "idle", "waiting"],
         );
+        let auth_cache = family(
+            &mut registry,
+            "auth_cache_lookups",
+            "Password verifications looked up in the auth cache: hit (argon2 skipped) or miss",
+            "result",
+            ["miss", "hit"],
+        );
         Metrics {
             registry,
             sessions,
@@ -356,6 +365,7 @@ impl Metrics {
             update_seconds,
             handshakes,
             users_db_pool,
+            auth_cache,
             pool_source: std::sync::OnceLock::new(),
         }
     }
@@ -409,6 +419,11 @@ impl Metrics {
     pub fn update(&self, deleted: usize, took: Duration) {
         self.deleted.inc_by(deleted as u64);
         self.update_seconds.observe(took.as_secs_f64());
+    }
+
+    /// A password verification was looked up in the auth cache (`hit`: found, argon2 skipped).
+    pub fn auth_cache(&self, hit: bool) {
+        self.auth_cache[usize::from(hit)].inc();
     }
 
     /// A TLS handshake ended.
@@ -467,6 +482,7 @@ mod tests {
         assert!(text.contains("apopd_logins_total{method=\"scram_sha_256\",result=\"in_use\"} 0\n"), "{text}");
         assert!(text.contains("apopd_sessions{state=\"update\"} 0\n"), "{text}");
         assert!(text.contains("apopd_tls_handshakes_total{kind=\"stls\",result=\"timeout\"} 0\n"), "{text}");
+        assert!(text.contains("apopd_auth_cache_lookups_total{result=\"hit\"} 0\n"), "{text}");
         assert!(Metrics::new().encode(true).ends_with("# EOF\n"));
     }
 
@@ -487,6 +503,7 @@ mod tests {
         metrics.login(Method::Sasl(Mechanism::CramMd5), LoginResult::Failure, Duration::from_millis(3));
         metrics.retrieved(true, 42);
         metrics.refused(Refusal::PerIp);
+        metrics.auth_cache(true);
         {
             let mut gauge = metrics.session();
             gauge.set(State::Transaction);
@@ -500,5 +517,7 @@ mod tests {
         assert!(text.contains("apopd_connections_refused_total{reason=\"per_ip\"} 1\n"), "{text}");
         assert!(text.contains("apopd_sessions{state=\"transaction\"} 0\n"), "{text}");
         assert!(text.contains("apopd_login_duration_seconds_count 1\n"), "{text}");
+        assert!(text.contains("apopd_auth_cache_lookups_total{result=\"hit\"} 1\n"), "{text}");
+        assert!(text.contains("apopd_auth_cache_lookups_total{result=\"miss\"} 0\n"), "{text}");
     }
 }
