@@ -16,6 +16,7 @@ DOVECOT_PORT=${DOVECOT_PORT:-21111}
 SECRET=${SECRET:-benchsecret}            # password and APOP secret of every user
 CHURN_CLIENTS=${CHURN_CLIENTS:-16}       # login-churn
 CHURN_SECS=${CHURN_SECS:-8}
+PASS_USERS=${PASS_USERS:-8}              # apopd only: USER/PASS churn, auth cache on and off
 RETR_USERS=${RETR_USERS:-8}              # retr: RETR_USERS × RETR_MSGS × RETR_SIZE bytes
 RETR_MSGS=${RETR_MSGS:-200}
 RETR_SIZE=${RETR_SIZE:-65536}
@@ -114,8 +115,8 @@ wait_port() { # port: wait until something accepts on 127.0.0.1:port
     return 1
 }
 
-start_apopd() {
-    "$BIN/apopd" serve --config "$WORK/apopd.toml" 2>>"$WORK/apopd.log" &
+start_apopd() { # [config]: the default config unless another is named
+    "$BIN/apopd" serve --config "${1:-$WORK/apopd.toml}" 2>>"$WORK/apopd.log" &
     APOPD_PID=$!
     wait_port "$APOPD_PORT" || die "apopd did not start; see $WORK/apopd.log"
 }
@@ -262,6 +263,20 @@ LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 start_apopd
 start_dovecot
 scenario login_churn
+# apopd only: USER/PASS churn of the same users (argon2id at the users file's parameters),
+# the auth cache on (the default) and off (a second config with auth_cache_ttl_secs = 0).
+{ cat "$WORK/apopd.toml"; echo "auth_cache_ttl_secs = 0"; } >"$WORK/apopd-nocache.toml"
+for run in $(seq 1 "$RUNS"); do
+    for VARIANT in userpass-cache-on userpass-cache-off; do
+        stop_apopd
+        if [ "$VARIANT" = userpass-cache-off ]; then start_apopd "$WORK/apopd-nocache.toml"; else start_apopd; fi
+        record apopd "$run" login-churn --user-prefix tiny --users "$PASS_USERS" --password "$SECRET" \
+            --clients "$PASS_USERS" --seconds "$CHURN_SECS"
+    done
+done
+VARIANT=
+stop_apopd
+start_apopd
 scenario retr
 scenario delete_churn
 # apopd only: delivery through `apopd deliver` (fsyncs, a process per message).

@@ -45,6 +45,10 @@ METRICS = [
     ("login-churn", "p99_ms", "login-churn p99 latency ms", 1, None),
     ("login-churn", client_cores, "login-churn client CPU (cores busy)", 1, None),
     ("login-churn", "server_cpu_ms_per_session", "login-churn server CPU ms/session", 1, None),
+    ("login-churn [userpass-cache-off]", "sessions_per_sec", "login-churn USER/PASS sessions/s cache off (apopd only)", 1, None),
+    ("login-churn [userpass-cache-on]", "sessions_per_sec", "login-churn USER/PASS sessions/s cache on (apopd only)", 1, None),
+    ("login-churn [userpass-cache-off]", "server_cpu_ms_per_session", "login-churn USER/PASS server CPU ms/session cache off", 1, None),
+    ("login-churn [userpass-cache-on]", "server_cpu_ms_per_session", "login-churn USER/PASS server CPU ms/session cache on", 1, None),
     ("retr", "mb_per_sec", "retr MB/s", 1, ("ratio_ge", 2)),
     ("retr", "server_cpu_ms_per_message", "retr server CPU ms/message", 1, None),
     ("retr", client_cores, "retr client CPU (cores busy)", 1, None),
@@ -146,7 +150,10 @@ for note in [
     "process and client limits raised, a `{PLAIN}` passwd-file (APOP needs retrievable passwords) and "
     "`pop3_uidl_format = %f`. Both log every login (apopd at its default `info`, Dovecot to its log file).",
     "All logins use APOP. USER/PASS is not compared: apopd verifies argon2id (tens of ms by design), "
-    "Dovecot's `{PLAIN}` is a string compare, so the figure would measure the password scheme.",
+    "Dovecot's `{PLAIN}` is a string compare, so the figure would measure the password scheme. "
+    "The apopd-only USER/PASS rows log the same users in again and again with their password, "
+    "with the auth cache on (the default: one argon2id run per user, then an HMAC) and off "
+    "(`auth_cache_ttl_secs = 0`: argon2id at every login).",
     "The client (pop3-load) shares the 2 cores with the server and regenerates and compares every "
     "retrieved byte; its \"client CPU (cores busy)\" row shows how much of the box it took. When it "
     "nears 1–2 cores, throughput (retr MB/s, delete-churn msg/s) is capped by the client; when client and "

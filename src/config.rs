@@ -43,6 +43,12 @@ pub struct Config {
     /// After a successful login with an imported (non-argon2id) hash, replace it by argon2id.
     #[serde(default = "default_true")]
     pub rehash_on_login: bool,
+    /// Remember a successful password verification this long, so a repeat login skips argon2 (0: off).
+    #[serde(default = "default_auth_cache_ttl")]
+    pub auth_cache_ttl_secs: u64,
+    /// At most this many users in the auth cache; the oldest entry makes room (0: off).
+    #[serde(default = "default_auth_cache_max_entries")]
+    pub auth_cache_max_entries: usize,
     /// `name:secret` lines for APOP; must be mode 0600.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub apop_secrets_file: Option<PathBuf>,
@@ -337,6 +343,12 @@ fn default_max_message_size() -> u64 {
 }
 fn default_idle_timeout() -> u64 {
     MIN_IDLE_TIMEOUT_SECS
+}
+fn default_auth_cache_ttl() -> u64 {
+    3600
+}
+fn default_auth_cache_max_entries() -> usize {
+    100_000
 }
 fn default_auth_failure_delay() -> u64 {
     2000

@@ -61,9 +61,8 @@ impl Shared {
             None => None,
         };
         let metrics = Arc::new(Metrics::new());
-        if let Some(read) = auth.pool_reader() {
-            metrics.watch_pool(PoolSource(read));
-        }
+        metrics.watch_pool(auth.pool_reader().map(PoolSource));
+        auth.count_in(metrics.clone());
         let throttle = Throttle::new(throttle_policy(&config));
         let carried = Carried {
             auth,
@@ -84,7 +83,12 @@ impl Shared {
     pub fn reload(&self, config: Config) -> anyhow::Result<Self> {
         let auth = match same_accounts(&self.config, &config) {
             true => self.auth.clone(),
-            false => Arc::new(Authenticator::from_config(&config)?),
+            false => {
+                let auth = Arc::new(Authenticator::from_config(&config)?);
+                auth.count_in(self.metrics.clone());
+                self.metrics.watch_pool(auth.pool_reader().map(PoolSource));
+                auth
+            }
         };
         let same_transcripts =
             (&self.config.transcript_dir, self.config.transcript_max_bytes, self.config.transcript_max_files)
@@ -196,7 +200,14 @@ fn throttle_policy(config: &Config) -> Policy {
 /// Whether two configs set up the same accounts backend (then a reload keeps the one open:
 /// its pool, and the users files it re-reads by itself when they change).
 fn same_accounts(old: &Config, new: &Config) -> bool {
-    const ACCOUNTS: [&str; 4] = ["users", "users_file", "apop_secrets_file", "rehash_on_login"];
+    const ACCOUNTS: [&str; 6] = [
+        "users",
+        "users_file",
+        "apop_secrets_file",
+        "rehash_on_login",
+        "auth_cache_ttl_secs",
+        "auth_cache_max_entries",
+    ];
     !old.changed_keys(new).iter().any(|key| ACCOUNTS.contains(&key.as_str()))
 }
 

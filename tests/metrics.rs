@@ -338,6 +338,10 @@ async fn every_counter_moves_by_exactly_what_the_sessions_did() {
     add("apopd_connections_accepted_total{listener=\"plain\"}", 6.0);
     add("apopd_connections_accepted_total{listener=\"tls\"}", 2.0);
     let logins = 2.0 + 1.0 + 1.0 + 1.0 + 3.0;
+    // bob's passwords: the first USER/PASS verified in full, then AUTH PLAIN and POP3S USER/PASS
+    // from the auth cache; the three wrong ones are misses (APOP never looks).
+    add("apopd_auth_cache_lookups_total{result=\"miss\"}", 1.0 + 3.0);
+    add("apopd_auth_cache_lookups_total{result=\"hit\"}", 2.0);
     add("apopd_login_duration_seconds_count", logins);
 
     let after = tokio::task::spawn_blocking(move || settled(metrics)).await.unwrap();

@@ -236,6 +236,32 @@ async fn listeners_and_the_metrics_endpoint_are_added_and_removed_and_a_bad_conf
     assert!(r.connect().await.greeting.starts_with("+OK"));
     assert_eq!(plain, r.server.addr);
 
+    // The auth cache settings: on by default (a repeat login is a hit), then off.
+    let hits = |text: &str| {
+        let line = text.lines().find(|l| l.starts_with("apopd_auth_cache_lookups_total{result=\"hit\"}"));
+        line.and_then(|l| l.split_whitespace().last()?.parse::<f64>().ok()).unwrap_or_else(|| panic!("{text}"))
+    };
+    let addr = r.server.addr;
+    let login_twice = async || {
+        for _ in 0..2 {
+            let mut c = Client::connect(addr).await;
+            assert_eq!(c.login("alice", ALICE_PASSWORD).await, ALICE_OK);
+            assert!(c.cmd("QUIT").await.starts_with("+OK"));
+            assert!(c.closed().await);
+        }
+    };
+    let before = hits(&http_status(metrics).unwrap());
+    login_twice().await;
+    assert_eq!(hits(&http_status(metrics).unwrap()), before + 1.0);
+    let listeners = [
+        "listen = [\"127.0.0.1:0\", { addr = \"127.0.0.1:0\", proxy_protocol = true }]",
+        "proxy_trusted_networks = [\"127.0.0.1/32\"]",
+        "metrics_listen = \"127.0.0.1:0\"",
+    ];
+    r.reload(&[listeners[0], listeners[1], listeners[2], "auth_cache_ttl_secs = 0"], "");
+    login_twice().await;
+    assert_eq!(hits(&http_status(metrics).unwrap()), before + 1.0, "the new auth_cache_ttl_secs = 0: no hit");
+
     r.reload(
         &[
             "listen = [\"127.0.0.1:0\", { addr = \"127.0.0.1:0\", proxy_protocol = true }]",

@@ -2,6 +2,7 @@
 //! files, PostgreSQL), password schemes, APOP and SASL checks, password import.
 
 pub mod apop;
+pub mod cache;
 pub mod import;
 pub mod password;
 pub mod postgres;
@@ -11,9 +12,14 @@ pub mod throttle;
 pub mod users;
 pub mod users_file;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use tokio::sync::Semaphore;
 
 use crate::config::Config;
+use crate::metrics::Metrics;
+use cache::AuthCache;
 use postgres::Postgres;
 use sasl::{Exchange, Mechanism, Step};
 use schemes::Scheme;
@@ -39,13 +45,25 @@ pub enum Authenticator {
 impl Authenticator {
     /// The backend `config` names: reads the users files, or sets up the (lazy) database pool.
     pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+        let cache = AuthCache::new(Duration::from_secs(config.auth_cache_ttl_secs), config.auth_cache_max_entries)
+            .map_err(anyhow::Error::msg)?;
         Ok(match config.postgres() {
-            Some(users) => Authenticator::Postgres(Postgres::new(users)?),
+            Some(users) => Authenticator::Postgres(Postgres::new(users)?.with_cache(cache)),
             None => Authenticator::File(
                 UsersFile::load(&config.users_file, config.apop_secrets_file.as_deref())?
-                    .with_rehash_on_login(config.rehash_on_login),
+                    .with_rehash_on_login(config.rehash_on_login)
+                    .with_cache(cache),
             ),
         })
+    }
+
+    /// Count the auth cache's hits and misses in `metrics` from now on.
+    pub fn count_in(&self, metrics: Arc<Metrics>) {
+        let verifier = match self {
+            Authenticator::File(file) => file.verifier(),
+            Authenticator::Postgres(db) => db.verifier(),
+        };
+        verifier.cache.count_in(metrics);
     }
 
     /// Reads the database pool's `[open, idle, waiting]`, when there is a database.
@@ -166,6 +184,8 @@ pub struct Verifier {
     hashing: Semaphore,
     /// Verified for unknown users, so they cost what a wrong password costs.
     dummy_hash: String,
+    /// Recent successful verifications (off unless [`Verifier::with_cache`]).
+    cache: AuthCache,
 }
 
 impl Verifier {
@@ -174,15 +194,45 @@ impl Verifier {
         Ok(Verifier {
             hashing: Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())),
             dummy_hash: password::hash(b"apopd dummy password")?,
+            cache: AuthCache::off(),
         })
     }
 
-    /// Verify `password` against `stored` (`None`: an unknown user, checked against the dummy
-    /// hash). With `rehash`, a match with a scheme other than argon2id also yields a new hash.
-    /// `None` when the blocking task failed.
-    async fn verify(&self, stored: Option<String>, password: Vec<u8>, rehash: bool) -> Option<Verified> {
+    /// Remember successful verifications in `cache`.
+    pub fn with_cache(mut self, cache: AuthCache) -> Self {
+        self.cache = cache;
+        self
+    }
+
+    /// Forget every remembered verification (the accounts changed).
+    pub fn forget_all(&self) {
+        self.cache.clear();
+    }
+
+    /// Verify `user`'s `password` against `stored` (`None`: an unknown user, checked against
+    /// the dummy hash). With `rehash`, a match with a scheme other than argon2id also yields a
+    /// new hash. `None` when the blocking task failed.
+    ///
+    /// A verification remembered by the cache answers at once (no rehash then); only the right
+    /// password can match one, so a wrong one always takes the full path, for real and unknown
+    /// users alike. A failure drops the user's entry; a success makes one.
+    async fn verify(&self, user: &str, stored: Option<String>, password: Vec<u8>, rehash: bool) -> Option<Verified> {
         let known = stored.is_some();
         let value = stored.unwrap_or_else(|| self.dummy_hash.clone());
+        if self.cache.hit(user, &password, &value) && known {
+            return Some(Verified { matched: true, upgrade: None });
+        }
+        let verified = self.verify_fully(known, value.clone(), password.clone(), rehash).await?;
+        if verified.matched {
+            self.cache.insert(user, &password, &value);
+        } else {
+            self.cache.forget(user);
+        }
+        Some(verified)
+    }
+
+    /// The argon2 (or imported scheme) run, on a blocking thread, bounded by `hashing`.
+    async fn verify_fully(&self, known: bool, value: String, password: Vec<u8>, rehash: bool) -> Option<Verified> {
         let _permit = self.hashing.acquire().await.ok()?;
         let dummy = self.dummy_hash.clone();
         let rehash = rehash && known;

@@ -15,6 +15,7 @@ use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, NoTls};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+use super::cache::AuthCache;
 use super::{Checked, Unavailable, Verifier, schemes};
 use crate::config::Users;
 
@@ -138,6 +139,18 @@ impl Postgres {
         })
     }
 
+    /// Remember successful verifications in `cache`: the stored hash is part of each entry, so
+    /// a row changed in the database never matches an old one.
+    pub fn with_cache(mut self, cache: AuthCache) -> Self {
+        self.verifier = self.verifier.with_cache(cache);
+        self
+    }
+
+    /// The password verifier (with its cache).
+    pub(super) fn verifier(&self) -> &Verifier {
+        &self.verifier
+    }
+
     /// Reads the pool's `[open, idle, waiting]` (connections, and logins waiting for one), for
     /// the metrics.
     pub fn pool_reader(&self) -> Box<dyn Fn() -> [i64; 3] + Send + Sync> {
@@ -190,7 +203,7 @@ impl Postgres {
             }
         });
         // No rehash: the database is the administrator's, apopd only reads it.
-        Ok(self.verifier.verify(stored, password, false).await.is_some_and(|v| v.matched))
+        Ok(self.verifier.verify(user, stored, password, false).await.is_some_and(|v| v.matched))
     }
 
     /// The APOP secret of `user` (`None`: no row, NULL, or APOP turned off), for SASL.

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
 use super::Verifier;
+use super::cache::AuthCache;
 use super::schemes::{self, Scheme};
 use super::users::{self, Entries, FileError};
 
@@ -78,6 +79,8 @@ impl UsersFile {
         match self.read_table() {
             Ok(table) => {
                 tracing::info!("users files changed: reloaded");
+                // Passwords may have changed or users gone: verify everyone afresh.
+                self.verifier.forget_all();
                 let table = Arc::new(table);
                 *self.table.write().unwrap_or_else(|e| e.into_inner()) = table.clone();
                 table
@@ -95,6 +98,17 @@ impl UsersFile {
         self
     }
 
+    /// Remember successful verifications in `cache` (forgotten whenever the files change).
+    pub fn with_cache(mut self, cache: AuthCache) -> Self {
+        self.verifier = self.verifier.with_cache(cache);
+        self
+    }
+
+    /// The password verifier (with its cache).
+    pub(super) fn verifier(&self) -> &Verifier {
+        &self.verifier
+    }
+
     /// True when `user` exists and `password` is theirs. Unknown users cost the same time.
     ///
     /// After a successful login with a scheme other than argon2id, and with `rehash_on_login`,
@@ -103,7 +117,9 @@ impl UsersFile {
         let table = self.table();
         let stored = table.hashes.get(user).cloned();
         let known = stored.is_some();
-        let Some(verified) = self.verifier.verify(stored, password, self.rehash_on_login).await else { return false };
+        let Some(verified) = self.verifier.verify(user, stored, password, self.rehash_on_login).await else {
+            return false;
+        };
         if let (true, Some((scheme, old, new))) = (verified.matched, verified.upgrade) {
             self.rehash(user, scheme, old, new).await;
         }

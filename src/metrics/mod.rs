@@ -209,8 +209,10 @@ pub struct Metrics {
     handshakes: [[Counter; 3]; 2],
     /// The accounts database pool: `[open, idle, waiting]`.
     users_db_pool: [Gauge; 3],
+    /// Auth cache lookups: `[miss, hit]`.
+    auth_cache: [Counter; 2],
     /// Reads the pool's state at each scrape, when accounts are in a database.
-    pool_source: std::sync::OnceLock<PoolSource>,
+    pool_source: std::sync::Mutex<Option<PoolSource>>,
 }
 
 /// A pool's `[open connections, idle connections, logins waiting for one]`.
@@ -348,6 +350,13 @@ impl Metrics {
             "state",
             ["open", "idle", "waiting"],
         );
+        let auth_cache = family(
+            &mut registry,
+            "auth_cache_lookups",
+            "Password verifications looked up in the auth cache: hit (argon2 skipped) or miss",
+            "result",
+            ["miss", "hit"],
+        );
         Metrics {
             registry,
             sessions,
@@ -364,13 +373,21 @@ impl Metrics {
             update_seconds,
             handshakes,
             users_db_pool,
-            pool_source: std::sync::OnceLock::new(),
+            auth_cache,
+            pool_source: std::sync::Mutex::new(None),
         }
     }
 
-    /// Report `source`'s pool state at every scrape from now on (set once).
-    pub fn watch_pool(&self, source: PoolSource) {
-        let _ = self.pool_source.set(source);
+    /// Report `source`'s pool state at every scrape from now on (`None`: zeros; a config
+    /// reload may switch the accounts backend).
+    pub fn watch_pool(&self, source: Option<PoolSource>) {
+        let mut current = self.pool_source.lock().unwrap_or_else(|e| e.into_inner());
+        *current = source;
+        if current.is_none() {
+            for gauge in &self.users_db_pool {
+                gauge.set(0);
+            }
+        }
     }
 
     /// A connection was accepted on a plain (`tls` false) or POP3S listener.
@@ -424,6 +441,11 @@ impl Metrics {
         self.update_seconds.observe(took.as_secs_f64());
     }
 
+    /// A password verification was looked up in the auth cache (`hit`: found, argon2 skipped).
+    pub fn auth_cache(&self, hit: bool) {
+        self.auth_cache[usize::from(hit)].inc();
+    }
+
     /// A TLS handshake ended.
     pub fn handshake(&self, kind: Handshake, result: HandshakeResult) {
         self.handshakes[kind as usize][result as usize].inc();
@@ -431,7 +453,7 @@ impl Metrics {
 
     /// The Prometheus text format (0.0.4), or OpenMetrics 1.0 when `openmetrics`.
     pub fn encode(&self, openmetrics: bool) -> String {
-        if let Some(PoolSource(read)) = self.pool_source.get() {
+        if let Some(PoolSource(read)) = &*self.pool_source.lock().unwrap_or_else(|e| e.into_inner()) {
             for (gauge, value) in self.users_db_pool.iter().zip(read()) {
                 gauge.set(value);
             }
@@ -480,6 +502,7 @@ mod tests {
         assert!(text.contains("apopd_logins_total{method=\"scram_sha_256\",result=\"in_use\"} 0\n"), "{text}");
         assert!(text.contains("apopd_sessions{state=\"update\"} 0\n"), "{text}");
         assert!(text.contains("apopd_tls_handshakes_total{kind=\"stls\",result=\"timeout\"} 0\n"), "{text}");
+        assert!(text.contains("apopd_auth_cache_lookups_total{result=\"hit\"} 0\n"), "{text}");
         assert!(Metrics::new().encode(true).ends_with("# EOF\n"));
     }
 
@@ -500,6 +523,7 @@ mod tests {
         metrics.login(Method::Sasl(Mechanism::CramMd5), LoginResult::Failure, Duration::from_millis(3));
         metrics.retrieved(true, 42);
         metrics.refused(Refusal::PerIp);
+        metrics.auth_cache(true);
         {
             let mut gauge = metrics.session();
             gauge.set(State::Transaction);
@@ -513,5 +537,7 @@ mod tests {
         assert!(text.contains("apopd_connections_refused_total{reason=\"per_ip\"} 1\n"), "{text}");
         assert!(text.contains("apopd_sessions{state=\"transaction\"} 0\n"), "{text}");
         assert!(text.contains("apopd_login_duration_seconds_count 1\n"), "{text}");
+        assert!(text.contains("apopd_auth_cache_lookups_total{result=\"hit\"} 1\n"), "{text}");
+        assert!(text.contains("apopd_auth_cache_lookups_total{result=\"miss\"} 0\n"), "{text}");
     }
 }
