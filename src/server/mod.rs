@@ -289,15 +289,19 @@ async fn serve_connection(
     slot: IpSlot,
 ) {
     match (kind.tls(), shared.tls.as_ref()) {
+        // Boxed: a TLS stream is large, and every plain session's task would carry room for it.
         (true, Some(tls)) => {
-            let handshake = tokio::time::timeout(session::HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream));
-            let handshake = handshake.await;
-            shared.metrics.handshake(Handshake::Implicit, HandshakeResult::of(&handshake));
-            match handshake {
-                Ok(Ok(stream)) => session::serve(stream, peer, shared.clone(), true).await,
-                Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
-            }
+            Box::pin(async {
+                let handshake = tokio::time::timeout(session::HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream));
+                let handshake = handshake.await;
+                shared.metrics.handshake(Handshake::Implicit, HandshakeResult::of(&handshake));
+                match handshake {
+                    Ok(Ok(stream)) => session::serve(stream, peer, shared.clone(), true).await,
+                    Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                }
+            })
+            .await
         }
         _ => session::serve(stream, peer, shared.clone(), false).await,
     }
