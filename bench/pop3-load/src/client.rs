@@ -95,6 +95,13 @@ impl Conn {
     /// Without waiting: has the server closed this connection, or sent something unasked
     /// (such as an eviction's `-ERR`)? Some(text) when so (the text may be empty).
     pub fn server_spoke(&mut self) -> Option<String> {
+        if self.pos < self.buf.len() {
+            // Read along with an earlier reply (e.g. the greeting) but not consumed yet.
+            let text = String::from_utf8_lossy(&self.buf[self.pos..]).trim_end().to_owned();
+            self.buf = Vec::new();
+            self.pos = 0;
+            return Some(text);
+        }
         let mut byte = [0u8; 512];
         match self.stream.try_read(&mut byte) {
             Ok(0) => Some(String::new()),

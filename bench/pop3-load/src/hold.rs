@@ -196,25 +196,31 @@ mod tests {
         let sources = source_addrs(3).unwrap();
         let server = tokio::spawn(async move {
             let mut peers = Vec::new();
-            for _ in 0..3 {
+            for i in 0..3 {
                 let (mut s, peer) = listener.accept().await.unwrap();
-                tokio::io::AsyncWriteExt::write_all(&mut s, b"+OK hi\r\n").await.unwrap();
+                // The last one is greeted and told off in one write, as an eviction may do.
+                let said: &[u8] = if i == 2 { b"+OK hi\r\n-ERR [SYS/TEMP] go\r\n" } else { b"+OK hi\r\n" };
+                tokio::io::AsyncWriteExt::write_all(&mut s, said).await.unwrap();
                 peers.push((peer.ip(), s));
             }
             peers
         });
         let mut conns = Vec::new();
         for i in 0..3 {
-            conns.push(Conn::connect_from(addr, source_of(&sources, i + 1), Duration::from_secs(5)).await.unwrap());
-        }
-        let peers: Vec<IpAddr> = server.await.unwrap().into_iter().map(|(ip, _)| ip).collect();
-        assert_eq!(peers, vec![sources[1], sources[2], sources[0]]);
-        // The server's sockets are gone now: every held connection sees the close.
-        for conn in &mut conns {
-            conn.compact();
+            let mut conn = Conn::connect_from(addr, source_of(&sources, i + 1), Duration::from_secs(5)).await.unwrap();
             assert_eq!(conn.greeting, "+OK hi");
+            conn.compact();
+            conns.push(conn);
         }
+        let (peers, streams): (Vec<IpAddr>, Vec<_>) = server.await.unwrap().into_iter().unzip();
+        assert_eq!(peers, vec![sources[1], sources[2], sources[0]]);
+        assert_eq!(conns[0].server_spoke(), None);
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(conns.iter_mut().all(|c| c.server_spoke().is_some()));
+        assert_eq!(conns[2].server_spoke().as_deref(), Some("-ERR [SYS/TEMP] go"));
+        // The server's sockets are gone now: every held connection sees the close.
+        drop(streams);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(conns[0].server_spoke().as_deref(), Some(""));
+        assert_eq!(conns[1].server_spoke().as_deref(), Some(""));
     }
 }
