@@ -25,7 +25,13 @@ RETR_ROUNDS=${RETR_ROUNDS:-2}
 BIG_MSGS=${BIG_MSGS:-100000}             # big-mailbox
 BIG_SIZE=${BIG_SIZE:-1024}
 BIG_NAMES=${BIG_NAMES:-plain sized}      # file name styles to test: plain and/or sized (,S=,W=)
-IDLE_SESSIONS=${IDLE_SESSIONS:-2000}     # idle (also the number of tiny mailboxes)
+IDLE_SESSIONS=${IDLE_SESSIONS:-2000}     # idle (also the number of tiny mailboxes, plus one for the probe)
+IDLE_MANY=${IDLE_MANY:-50000}            # idle [many]: apopd only (Dovecot would need a process per session)
+IDLE_SOURCES=${IDLE_SOURCES:-16}         # idle [many] spreads its sessions over this many 127.0.1.x addresses
+PROBES=${PROBES:-300}                    # fresh login+RETR probes while idle sessions or a flood are held
+FLOOD_CONNS=${FLOOD_CONNS:-2000}         # preauth-flood: connections that never log in
+FLOOD_PER_ADDR=${FLOOD_PER_ADDR:-10}     #   … this many per source address
+FLOOD_MAX_CONNECTIONS=${FLOOD_MAX_CONNECTIONS:-1024}  # apopd's max_connections during the flood
 DC_USERS=${DC_USERS:-8}                  # delete-churn
 DC_MSGS=${DC_MSGS:-20000}
 DC_CMD_MSGS=${DC_CMD_MSGS:-2000}          # delete-churn through `apopd deliver` (slower)
@@ -60,8 +66,20 @@ command -v python3 >/dev/null || die "python3 is needed for the report"
 log "building apopd and pop3-load (release)"
 (cd "$REPO" && cargo build --release -p apopd -p pop3-load >&2)
 
-# Many sessions: use the whole hard limit for us and the servers we start.
+# Many sessions: apopd holds a socket and 5 maildir descriptors (the directory, cur, new, tmp
+# and the lock) per logged-in session. As root, raise the hard limit first (up to fs.nr_open).
+NOFILE=$(( (IDLE_MANY > IDLE_SESSIONS ? IDLE_MANY : IDLE_SESSIONS) * 7 + 10000 ))
+[ "$NOFILE" -le "$(cat /proc/sys/fs/nr_open)" ] || NOFILE=$(cat /proc/sys/fs/nr_open)
+if [ "$(ulimit -Hn)" != unlimited ] && [ "$(ulimit -Hn)" -lt "$NOFILE" ] && ! ulimit -Hn "$NOFILE" 2>/dev/null; then
+    log "cannot raise the hard RLIMIT_NOFILE above $(ulimit -Hn) (no CAP_SYS_RESOURCE here?):" \
+        "idle [many] is spread over several apopd and pop3-load processes"
+fi
 ulimit -n "$(ulimit -Hn)"
+NOFILE=$(ulimit -n); [ "$NOFILE" != unlimited ] || NOFILE=$(cat /proc/sys/fs/nr_open)
+# idle [many] per process: apopd needs 6 descriptors per session, pop3-load one.
+SHARD_SESSIONS=$(( (NOFILE - 1000) / 6 ))
+APOPD_SHARDS=$(( (IDLE_MANY + SHARD_SESSIONS - 1) / SHARD_SESSIONS ))
+CLIENT_PROCS=$(( (IDLE_MANY + NOFILE - 1001) / (NOFILE - 1000) ))
 [ "$(ulimit -n)" -ge $((IDLE_SESSIONS + 256)) ] || die "ulimit -n $(ulimit -n) is too low for $IDLE_SESSIONS sessions"
 
 APOPD_PID=
@@ -84,7 +102,7 @@ pop() { load populate --root "$MAIL_A" --credentials "$CRED" --password "$SECRET
     --dovecot-uid-gid "$MAIL_UID:$MAIL_GID" "$@" >/dev/null; }
 
 log "populating ($IDLE_SESSIONS tiny, $RETR_USERS×$RETR_MSGS×$RETR_SIZE retr, $BIG_MSGS×$BIG_SIZE big, $DC_USERS churn)"
-pop --user-prefix tiny --users "$IDLE_SESSIONS" --messages 1 --size 1024 --seed 11
+pop --user-prefix tiny --users $((IDLE_SESSIONS + 1)) --messages 1 --size 1024 --seed 11
 pop --user-prefix retr --users "$RETR_USERS" --messages "$RETR_MSGS" --size "$RETR_SIZE" --seed 12
 pop --user-prefix churn --users "$DC_USERS" --messages 0
 # The big mailboxes (user big<names>1) sit in cur/, as if a client had seen them before, so
@@ -96,6 +114,10 @@ done
 chgrp dovecot "$CRED/dovecot-passwd" && chmod 640 "$CRED/dovecot-passwd"
 cp -a "$MAIL_A" "$MAIL_D"
 chown -R "$MAIL_UID:$MAIL_GID" "$MAIL_D"
+# apopd only (after the copy): one tiny mailbox per idle [many] session, plus the probe's.
+if [ "$IDLE_MANY" -gt 0 ]; then
+    pop --user-prefix many --users $((IDLE_MANY + 1)) --messages 1 --size 1024 --seed 14
+fi
 
 # ---- apopd -------------------------------------------------------------------------------
 cat >"$WORK/apopd.toml" <<EOF
@@ -103,9 +125,13 @@ listen = ["127.0.0.1:$APOPD_PORT"]
 mail_root = "$MAIL_A/{user}"
 users_file = "$CRED/users"
 apop_secrets_file = "$CRED/apop-secrets"
-max_connections = $((IDLE_SESSIONS + 1000))
-max_connections_per_ip = $((IDLE_SESSIONS + 1000))
+max_connections = $(( (IDLE_MANY > IDLE_SESSIONS ? IDLE_MANY : IDLE_SESSIONS) + 1000 ))
+max_connections_per_ip = $(( (IDLE_MANY > IDLE_SESSIONS ? IDLE_MANY : IDLE_SESSIONS) + 1000 ))
 EOF
+# preauth-flood: the same server with a connection limit the flood exceeds (and the default per-IP limit).
+sed '/^max_connections/d' "$WORK/apopd.toml" >"$WORK/apopd-flood.toml"
+echo "max_connections = $FLOOD_MAX_CONNECTIONS" >>"$WORK/apopd-flood.toml"
+APOPD_CONFIG=$WORK/apopd.toml
 
 wait_port() { # port: wait until something accepts on 127.0.0.1:port
     for _ in $(seq 1 100); do
@@ -115,8 +141,8 @@ wait_port() { # port: wait until something accepts on 127.0.0.1:port
     return 1
 }
 
-start_apopd() { # [config]: the default config unless another is named
-    "$BIN/apopd" serve --config "${1:-$WORK/apopd.toml}" 2>>"$WORK/apopd.log" &
+start_apopd() { # [config]: $APOPD_CONFIG unless another is named
+    "$BIN/apopd" serve --config "${1:-$APOPD_CONFIG}" 2>>"$WORK/apopd.log" &
     APOPD_PID=$!
     wait_port "$APOPD_PORT" || die "apopd did not start; see $WORK/apopd.log"
 }
@@ -247,7 +273,41 @@ scenario_big_mailbox() { # restart the server without its caches: the first logi
 scenario_idle() { # a fresh server, so "before" is a server with no history
     if [ "$1" = apopd ]; then stop_apopd; start_apopd; else stop_dovecot; start_dovecot; fi
     sleep 1
-    record "$1" "$2" idle --user-prefix tiny --users "$IDLE_SESSIONS" --sessions "$IDLE_SESSIONS" "${AUTH[@]}" --seconds 120
+    record "$1" "$2" idle --user-prefix tiny --users $((IDLE_SESSIONS + 1)) --sessions "$IDLE_SESSIONS" "${AUTH[@]}" \
+        --seconds 120 --probes "$PROBES"
+}
+
+scenario_idle_many() { # apopd only: IDLE_MANY sessions from IDLE_SOURCES addresses, probed while held
+    # When one process cannot hold them (RLIMIT_NOFILE), extra apopd processes on the next ports
+    # share the mail root (mailboxes are locked per session, as between nodes) and pop3-load
+    # holds the sessions in several processes; the memory is summed over every apopd.
+    local k port shards=() pids=()
+    stop_apopd; start_apopd
+    for k in $(seq 1 $((APOPD_SHARDS - 1))); do
+        port=$((APOPD_PORT + 100 + k))
+        sed "s/127.0.0.1:$APOPD_PORT/127.0.0.1:$port/" "$WORK/apopd.toml" >"$WORK/apopd-shard$k.toml"
+        "$BIN/apopd" serve --config "$WORK/apopd-shard$k.toml" 2>>"$WORK/apopd-shard.log" &
+        pids+=($!)
+        shards+=(--also-addr "127.0.0.1:$port" --server-pid "$!")
+        wait_port "$port" || die "apopd shard $k did not start; see $WORK/apopd-shard.log"
+    done
+    sleep 1
+    record apopd "$1" idle --user-prefix many --users $((IDLE_MANY + 1)) --sessions "$IDLE_MANY" "${AUTH[@]}" \
+        --seconds 600 --connect-concurrency 64 --source-addrs "$IDLE_SOURCES" --settle-secs 5 --probes "$PROBES" \
+        --client-processes "$CLIENT_PROCS" "${shards[@]}"
+    for k in "${pids[@]}"; do kill "$k" 2>/dev/null || true; wait "$k" 2>/dev/null || true; done
+}
+
+scenario_preauth_flood() { # FLOOD_CONNS silent connections, FLOOD_PER_ADDR per address, while a probe logs in
+    if [ "$1" = apopd ]; then
+        stop_apopd; APOPD_CONFIG=$WORK/apopd-flood.toml; start_apopd; APOPD_CONFIG=$WORK/apopd.toml
+    else
+        stop_dovecot; start_dovecot
+    fi
+    sleep 1
+    record "$1" "$2" preauth-flood --connections "$FLOOD_CONNS" --per-addr "$FLOOD_PER_ADDR" "${AUTH[@]}" \
+        --probe-user tiny$((IDLE_SESSIONS + 1)) --probes "$PROBES"
+    if [ "$1" = apopd ]; then stop_apopd; start_apopd; else stop_dovecot; start_dovecot; fi
 }
 
 scenario_delete_churn() { # same delivery (tmp→new renames) for both; fresh seed per run
@@ -287,6 +347,13 @@ for run in $(seq 1 "$RUNS"); do
         --seconds 90 --deliver-cmd "$BIN/apopd deliver {user} --config $WORK/apopd.toml"
 done
 scenario idle
+scenario preauth_flood
+if [ "$IDLE_MANY" -gt 0 ]; then
+    VARIANT=many
+    for run in $(seq 1 "$RUNS"); do scenario_idle_many "$run"; done
+    VARIANT=
+    stop_apopd; start_apopd
+fi
 for VARIANT in $BIG_NAMES; do scenario big_mailbox; done
 VARIANT=
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -296,7 +363,7 @@ ELAPSED=$(( $(date +%s) - START ))
 mkdir -p "$HERE/results"
 OUT=$HERE/results/$(date +%Y-%m-%d).md
 [ ! -e "$OUT" ] || OUT=$HERE/results/$(date +%Y-%m-%d-%H%M).md
-export RESULTS OUT ELAPSED LOAD_BEFORE LOAD_AFTER RUNS
+export RESULTS OUT ELAPSED LOAD_BEFORE LOAD_AFTER RUNS IDLE_MANY APOPD_SHARDS CLIENT_PROCS IDLE_SOURCES FLOOD_CONNS FLOOD_PER_ADDR FLOOD_MAX_CONNECTIONS
 export WORK_FS="$(df --output=fstype "$WORK" | tail -n 1) ($BENCH_TMP)"
 export MACHINE_NPROC=$(nproc)
 export MACHINE_MEM=$(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)

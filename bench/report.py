@@ -28,6 +28,8 @@ def values(scenario, field, server):
 
 
 KIB = 1024.0
+MANY = env.get("IDLE_MANY", "50000")
+FLOOD = f"{env.get('FLOOD_CONNS', '?')} silent connections, {env.get('FLOOD_PER_ADDR', '?')} per address"
 
 
 def login_stat(r):
@@ -68,6 +70,18 @@ METRICS = [
     ("idle", "pss_bytes_per_session", "idle PSS KiB/session", 1 / KIB, ("abs_le", 64)),
     ("idle", "rss_bytes_per_session", "idle RSS KiB/session", 1 / KIB, None),
     ("idle", "sessions_held", "idle sessions held", 1, None),
+    ("idle", "probe_p99_ms", "idle: fresh login+RETR p99 ms while held", 1, None),
+    ("idle [many]", "sessions_held", f"idle {MANY}: sessions held", 1, ("abs_ge", int(MANY))),
+    ("idle [many]", "rss_bytes_per_session", f"idle {MANY}: RSS KiB/session", 1 / KIB, ("abs_le", 16)),
+    ("idle [many]", "pss_bytes_per_session", f"idle {MANY}: PSS KiB/session", 1 / KIB, None),
+    ("idle [many]", "probe_p50_ms", f"idle {MANY}: fresh login+RETR p50 ms", 1, None),
+    ("idle [many]", "probe_p99_ms", f"idle {MANY}: fresh login+RETR p99 ms", 1, ("abs_lt", 50)),
+    ("idle [many]", "probe_errors", f"idle {MANY}: fresh login+RETR errors", 1, ("zero", 0)),
+    ("preauth-flood", "probe_errors", f"preauth-flood ({FLOOD}): fresh login+RETR errors", 1, ("zero", 0)),
+    ("preauth-flood", "probe_p99_ms", "preauth-flood: fresh login+RETR p99 ms", 1, ("abs_lt", 50)),
+    ("preauth-flood", "greeted", "preauth-flood: flood connections greeted", 1, None),
+    ("preauth-flood", "refused", "preauth-flood: flood connections refused at once", 1, None),
+    ("preauth-flood", "evicted", "preauth-flood: greeted flood connections closed later by the server", 1, None),
     ("delete-churn (rename)", "messages_per_sec", "delete-churn msg/s (tmp→new renames)", 1, ("ratio_ge", 3)),
     ("delete-churn (rename)", "lost", "delete-churn lost", 1, ("zero", 0)),
     ("delete-churn (rename)", "duplicated", "delete-churn duplicated", 1, ("zero", 0)),
@@ -136,6 +150,10 @@ for scenario, field, label, scale, target in METRICS:
             tgt, ok = f"≤ {bound}×", ratio is not None and ratio <= bound
         elif kind == "abs_le":
             tgt, ok = f"apopd ≤ {bound}", ma is not None and ma <= bound
+        elif kind == "abs_lt":
+            tgt, ok = f"apopd < {bound}", ma is not None and ma < bound
+        elif kind == "abs_ge":
+            tgt, ok = f"apopd ≥ {bound}", bool(a) and None not in a and min(a) >= bound
         else:
             tgt, ok = "0", all(v == 0 for v in a if v is not None) and None not in a and bool(a)
         met = "yes" if ok else "**no**"
@@ -166,7 +184,21 @@ for note in [
     "STAT is then free; Dovecot logs in fast and computes sizes at STAT. The derived \"login+STAT\" row "
     "compares the whole cost.",
     "idle: memory summed over the server's processes (Dovecot: master and every child, one `pop3` process "
-    "per session). PSS shares each shared page among its users; RSS counts it in every process.",
+    "per session). PSS shares each shared page among its users; RSS counts it in every process. "
+    "While the sessions are held, a fresh client (not one of them) connects, logs in with APOP, RETRs a "
+    "1 KiB message and QUITs, again and again (the probe rows; QUIT not timed).",
+    f"idle {MANY} (`idle [many]`): apopd only, one mailbox per session, sessions spread over "
+    f"{env.get('IDLE_SOURCES', '?')} source addresses (127.0.1.x), held by {env.get('CLIENT_PROCS', '?')} "
+    f"pop3-load process(es) against {env.get('APOPD_SHARDS', '?')} apopd process(es) on one mail root "
+    "(more than one when the hard RLIMIT_NOFILE cannot be raised to 6 descriptors per session; memory is "
+    "summed over them, and the probe goes to the first). Dovecot runs one process per logged-in "
+    "session (~0.5 MiB each here), so 50,000 of them are not sensible on this 24 GiB machine: Dovecot's idle "
+    "figure is the one at the smaller size above.",
+    f"preauth-flood: {FLOOD}, each reading the greeting and then saying nothing; apopd runs with "
+    f"`max_connections = {env.get('FLOOD_MAX_CONNECTIONS', '?')}` so the flood exceeds it, Dovecot with the "
+    "same config as the other scenarios. While the flood is held the probe logs in and RETRs; \"refused\" "
+    "connections got `-ERR` instead of a greeting, \"closed later\" ones were greeted and then dropped by "
+    "the server (evicted to admit someone, or timed out).",
     "delete-churn: both servers get new mail by tmp→new renames from the client, so the ratio compares the "
     "same thing. The extra apopd-only rows deliver through `apopd deliver` (a process and two fsyncs per "
     "message); that scenario has no Dovecot counterpart here (its equivalent would be dovecot-lda), so "

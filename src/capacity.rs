@@ -161,10 +161,13 @@ impl Drop for Ticket {
 }
 
 /// Memory budgeted per connection when sizing the default `max_connections`: an idle
-/// logged-in session measures about 16 KiB; one in RETR also holds its transfer buffers.
+/// logged-in session measures about 5 KiB; one in RETR or a mailbox scan holds far more
+/// for a while (transfer buffers, its message list).
 pub const MEMORY_PER_CONNECTION: u64 = 64 * 1024;
-/// Open files budgeted per connection: its socket, and a message or index file while busy.
-pub const FILES_PER_CONNECTION: u64 = 2;
+/// Open files budgeted per connection: a logged-in session holds its socket, the maildir,
+/// `cur/`, `new/`, `tmp/` and `apopd.lock` (opened once, checked against symlinks), and a
+/// message file or the index while busy.
+pub const FILES_PER_CONNECTION: u64 = 7;
 /// Open files kept for everything else (listeners, log, users files, the metrics socket).
 const RESERVED_FILES: u64 = 64;
 
@@ -189,7 +192,7 @@ impl Sizing {
 
     /// The rule itself.
     pub fn from(open_files: u64, memory: u64) -> Sizing {
-        let by_files = open_files.saturating_sub(RESERVED_FILES) / FILES_PER_CONNECTION;
+        let by_files = Sizing::connections_for_files(open_files);
         let by_memory = memory / 2 / MEMORY_PER_CONNECTION;
         let max = by_files.min(by_memory).max(1);
         Sizing { open_files, memory, max_connections: usize::try_from(max).unwrap_or(usize::MAX) }
@@ -291,10 +294,10 @@ mod tests {
 
     #[test]
     fn the_default_is_the_smaller_of_what_files_and_memory_allow() {
-        // systemd's default hard limit, 24 GiB: memory decides (12 GiB / 64 KiB).
-        assert_eq!(Sizing::from(524_288, 24 << 30).max_connections, 196_608);
-        // A small hard limit decides.
-        assert_eq!(Sizing::from(20_000, 24 << 30).max_connections, 9_968);
+        // systemd's default hard limit, 24 GiB: files decide ((524288 - 64) / 7).
+        assert_eq!(Sizing::from(524_288, 24 << 30).max_connections, 74_889);
+        // A big hard limit and 8 GiB: memory decides (4 GiB / 64 KiB).
+        assert_eq!(Sizing::from(1 << 20, 8 << 30).max_connections, 65_536);
         // A 512 MiB container.
         assert_eq!(Sizing::from(1 << 20, 512 << 20).max_connections, 4_096);
         assert_eq!(Sizing::from(10, 0).max_connections, 1, "never zero");

@@ -403,18 +403,23 @@ async fn serve_connection(
     slot: IpSlot,
 ) {
     match (kind.tls(), shared.tls.as_ref()) {
+        // Boxed: a TLS stream is large, and every plain session's task would carry room for it.
         (true, Some(tls)) => {
-            let handshake = tokio::time::timeout(session::HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream));
-            let handshake = tokio::select! {
-                handshake = handshake => handshake,
-                _ = ticket.evicted() => return tracing::info!(%peer, "server full: evicted during the TLS handshake"),
-            };
-            shared.metrics.handshake(Handshake::Implicit, HandshakeResult::of(&handshake));
-            match handshake {
-                Ok(Ok(stream)) => session::serve_admitted(stream, peer, shared.clone(), true, ticket).await,
-                Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
-            }
+            // Boxed: the TLS session is large and rare; a plain session's task stays small.
+            Box::pin(async {
+                let handshake = tokio::time::timeout(session::HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream));
+                let handshake = tokio::select! {
+                    handshake = handshake => handshake,
+                    _ = ticket.evicted() => return tracing::info!(%peer, "server full: evicted during the TLS handshake"),
+                };
+                shared.metrics.handshake(Handshake::Implicit, HandshakeResult::of(&handshake));
+                match handshake {
+                    Ok(Ok(stream)) => session::serve_admitted(stream, peer, shared.clone(), true, ticket).await,
+                    Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                }
+            })
+            .await
         }
         _ => session::serve_admitted(stream, peer, shared.clone(), false, ticket).await,
     }

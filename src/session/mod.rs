@@ -6,6 +6,7 @@
 //! state again over TLS.
 
 mod authorization;
+pub mod buffers;
 mod language;
 pub mod lines;
 mod syntax;
@@ -15,7 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::Instrument;
 
 use crate::auth::sasl::{self, Mechanism};
@@ -26,6 +27,7 @@ use crate::protocol::response::{self, BodyEncoder, TERMINATOR};
 use crate::protocol::{Command, command};
 use crate::shared::Shared;
 use crate::transcript::Transcript;
+use buffers::{LeanReader, LeanWriter};
 use lines::Line;
 use transaction::{Body, Transaction};
 
@@ -33,11 +35,11 @@ use transaction::{Body, Transaction};
 const MAX_ERRORS_IN_A_ROW: u32 = 20;
 /// RETR/TOP read and write unit.
 const STREAM_CHUNK: usize = 64 * 1024;
-/// Read buffer per session: commands are short, so a small buffer keeps idle sessions cheap
-/// (lines longer than the buffer are still assembled by the framing).
+/// Most bytes read at once (into the stack; only unconsumed input stays on the heap, so an
+/// idle session holds no read buffer). Longer lines are still assembled by the framing.
 const READ_BUFFER: usize = 1024;
-/// Write buffer per session: big enough for most multi-line replies in one write; RETR
-/// bodies bypass it in 64 KiB chunks.
+/// Most bytes buffered between flushes: big enough for most multi-line replies in one write;
+/// RETR bodies bypass it in 64 KiB chunks. Allocated by a write, freed by the flush.
 const WRITE_BUFFER: usize = 4096;
 /// Longest a TLS handshake may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -156,7 +158,8 @@ where
         let core = Core { context, state, errors_in_a_row: 0, transcript, gauge, ticket };
         let (result, core, stream) = run_on(core, stream, true).await;
         match result {
-            Ok(End::StartTls) => start_tls(core, stream).await,
+            // Boxed: the TLS session is large and rare; a plain session's task stays small.
+            Ok(End::StartTls) => Box::pin(start_tls(core, stream)).await,
             Ok(End::Evicted) => drop(stream),
             result => finish(result, stream).await,
         }
@@ -214,11 +217,7 @@ async fn run_on<S: AsyncRead + AsyncWrite + Unpin>(
     greet: bool,
 ) -> (std::io::Result<End>, Core, S) {
     let (reader, writer) = tokio::io::split(stream);
-    let mut session = Session {
-        core,
-        reader: BufReader::with_capacity(READ_BUFFER, reader),
-        writer: BufWriter::with_capacity(WRITE_BUFFER, writer),
-    };
+    let mut session = Session { core, reader: LeanReader::new(reader), writer: LeanWriter::new(WRITE_BUFFER, writer) };
     let mut result = session.run(greet).await;
     if matches!(result, Ok(End::Closed | End::StartTls)) {
         result = within(CLOSE_TIMEOUT, session.writer.flush()).await.and(result);
@@ -229,8 +228,8 @@ async fn run_on<S: AsyncRead + AsyncWrite + Unpin>(
 
 struct Session<R, W> {
     core: Core,
-    reader: BufReader<R>,
-    writer: BufWriter<W>,
+    reader: LeanReader<R, READ_BUFFER>,
+    writer: LeanWriter<W>,
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
@@ -300,14 +299,16 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
                     if let Some(transcript) = &mut self.core.transcript {
                         transcript.client(&line, in_sasl);
                     }
-                    self.handle(&line).await
+                    // Boxed: the handlers' futures (login, mailbox scan) are large and short-lived;
+                    // inline they would be part of every idle session's task.
+                    Box::pin(self.handle(&line)).await
                 }
             };
             match outcome {
                 Outcome::Reply(reply) => self.reply(reply).await?,
                 Outcome::Message { status, body, top } => {
                     self.core.errors_in_a_row = 0;
-                    self.stream_message(status, body, top).await?;
+                    Box::pin(self.stream_message(status, body, top)).await?;
                 }
                 Outcome::Enter(transaction, reply) => {
                     if let Some(transcript) = &mut self.core.transcript {
@@ -333,7 +334,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
                     let texts = self.core.context.texts();
                     let reply = match state {
                         State::Transaction(transaction) => {
-                            transaction.update(texts, &self.core.context.shared.metrics).await
+                            Box::pin(transaction.update(texts, &self.core.context.shared.metrics)).await
                         }
                         State::Authorization(_) => response::ok(texts.get(Key::Bye)),
                     };

@@ -1,12 +1,12 @@
 //! A minimal POP3 client over TCP: every read and write has a deadline, nothing the server
 //! sends can panic it, and multi-line responses are read as raw bytes for `verify`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::timeout;
 
 /// The longest status line accepted.
@@ -46,18 +46,69 @@ pub struct Conn {
 impl Conn {
     /// Connect and read the greeting (which must be +OK).
     pub async fn connect(addr: SocketAddr, op_timeout: Duration) -> anyhow::Result<Conn> {
-        let stream = timeout(op_timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| anyhow!("connect timed out"))?
-            .context("connect")?;
-        stream.set_nodelay(true).context("TCP_NODELAY")?;
-        let mut conn = Conn { stream, buf: Vec::with_capacity(16 * 1024), pos: 0, op_timeout, greeting: String::new() };
+        Self::connect_from(addr, None, op_timeout).await
+    }
+
+    /// Connect from `source` (any port; the kernel's choice when None) and read the greeting,
+    /// which must be +OK.
+    pub async fn connect_from(addr: SocketAddr, source: Option<IpAddr>, op_timeout: Duration) -> anyhow::Result<Conn> {
+        let mut conn = Self::open(addr, source, op_timeout).await?;
         let greeting = conn.line().await.context("greeting")?;
         if !greeting.starts_with("+OK") {
             bail!("greeting: {greeting}");
         }
         conn.greeting = greeting;
         Ok(conn)
+    }
+
+    /// Connect from `source` without reading anything.
+    pub async fn open(addr: SocketAddr, source: Option<IpAddr>, op_timeout: Duration) -> anyhow::Result<Conn> {
+        let connect = async {
+            match source {
+                None => TcpStream::connect(addr).await,
+                Some(ip) => {
+                    let socket = if ip.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+                    socket.bind(SocketAddr::new(ip, 0))?;
+                    socket.connect(addr).await
+                }
+            }
+        };
+        let stream = timeout(op_timeout, connect).await.map_err(|_| anyhow!("connect timed out"))?.with_context(
+            || match source {
+                Some(ip) => format!("connect from {ip}"),
+                None => "connect".to_owned(),
+            },
+        )?;
+        stream.set_nodelay(true).context("TCP_NODELAY")?;
+        Ok(Conn { stream, buf: Vec::new(), pos: 0, op_timeout, greeting: String::new() })
+    }
+
+    /// Give the read buffer back when nothing unread is in it: a connection held idle then
+    /// costs the client only its socket.
+    pub fn compact(&mut self) {
+        if self.pos == self.buf.len() {
+            self.buf = Vec::new();
+            self.pos = 0;
+        }
+    }
+
+    /// Without waiting: has the server closed this connection, or sent something unasked
+    /// (such as an eviction's `-ERR`)? Some(text) when so (the text may be empty).
+    pub fn server_spoke(&mut self) -> Option<String> {
+        if self.pos < self.buf.len() {
+            // Read along with an earlier reply (e.g. the greeting) but not consumed yet.
+            let text = String::from_utf8_lossy(&self.buf[self.pos..]).trim_end().to_owned();
+            self.buf = Vec::new();
+            self.pos = 0;
+            return Some(text);
+        }
+        let mut byte = [0u8; 512];
+        match self.stream.try_read(&mut byte) {
+            Ok(0) => Some(String::new()),
+            Ok(n) => Some(String::from_utf8_lossy(&byte[..n]).trim_end().to_owned()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+            Err(e) => Some(e.to_string()),
+        }
     }
 
     /// The `<…>` APOP timestamp of the greeting, when there is one.
@@ -179,6 +230,12 @@ impl Conn {
         }
     }
 
+    /// RETR `n` → the raw (still dot-stuffed) body.
+    pub async fn retr(&mut self, n: u64) -> anyhow::Result<Vec<u8>> {
+        self.ok(&format!("RETR {n}")).await?;
+        self.multiline_raw().await
+    }
+
     /// STAT → (count, octets).
     pub async fn stat(&mut self) -> anyhow::Result<(u64, u64)> {
         let reply = self.ok("STAT").await?;
@@ -228,7 +285,18 @@ fn parse_pairs<T>(body: &[u8], value: impl Fn(&str) -> Option<T>) -> Option<Vec<
 
 /// Connect and log in, in one step.
 pub async fn session(addr: SocketAddr, user: &str, auth: &Auth, op_timeout: Duration) -> anyhow::Result<Conn> {
-    let mut conn = Conn::connect(addr, op_timeout).await?;
+    session_from(addr, None, user, auth, op_timeout).await
+}
+
+/// Connect from `source` and log in, in one step.
+pub async fn session_from(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    user: &str,
+    auth: &Auth,
+    op_timeout: Duration,
+) -> anyhow::Result<Conn> {
+    let mut conn = Conn::connect_from(addr, source, op_timeout).await?;
     conn.login(user, auth).await.with_context(|| format!("login as {user}"))?;
     Ok(conn)
 }

@@ -7,9 +7,11 @@ mod big_mailbox;
 mod client;
 mod content;
 mod delete_churn;
+mod hold;
 mod idle;
 mod login_churn;
 mod populate;
+mod preauth_flood;
 mod procfs;
 mod report;
 mod retr;
@@ -48,6 +50,8 @@ enum Command {
     Idle(idle::Opts),
     /// RETR+DELE+QUIT while new mail keeps arriving; count lost and duplicated messages.
     DeleteChurn(delete_churn::Opts),
+    /// Hold many connections that never log in, from many addresses, while a fresh client logs in.
+    PreauthFlood(preauth_flood::Opts),
 }
 
 /// Where the server is and which processes are it.
@@ -141,6 +145,7 @@ fn main() -> ExitCode {
             Command::BigMailbox(o) => big_mailbox::run(o).await,
             Command::Idle(o) => idle::run(o).await,
             Command::DeleteChurn(o) => delete_churn::run(o).await,
+            Command::PreauthFlood(o) => preauth_flood::run(o).await,
         }
     });
     // Don't wait for tasks stuck on a dead server: the scenario is over.
