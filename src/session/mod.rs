@@ -10,12 +10,13 @@ mod language;
 pub mod lines;
 mod syntax;
 mod transaction;
+pub mod transport;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tracing::Instrument;
 
 use crate::auth::sasl::{self, Mechanism};
@@ -27,6 +28,7 @@ use crate::shared::Shared;
 use crate::transcript::Transcript;
 use lines::Line;
 use transaction::{Body, Transaction};
+use transport::Transport;
 
 /// Consecutive errors after which we stop talking to a client.
 const MAX_ERRORS_IN_A_ROW: u32 = 20;
@@ -36,7 +38,7 @@ const STREAM_CHUNK: usize = 64 * 1024;
 /// (lines longer than the buffer are still assembled by the framing).
 const READ_BUFFER: usize = 1024;
 /// Write buffer per session: big enough for most multi-line replies in one write; RETR
-/// bodies bypass it in 64 KiB chunks.
+/// bodies bypass it in 64 KiB chunks (or `sendfile`, see [`transport`]).
 const WRITE_BUFFER: usize = 4096;
 /// Longest a TLS handshake may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -125,10 +127,7 @@ struct Core {
 }
 
 /// Serve one POP3 client on `stream` (already TLS when `secure`) until it quits, drops or times out.
-pub async fn serve<S>(stream: S, peer: SocketAddr, shared: Arc<Shared>, secure: bool)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+pub async fn serve<S: Transport>(stream: S, peer: SocketAddr, shared: Arc<Shared>, secure: bool) {
     let span = tracing::info_span!("session", %peer, tls = secure, user = tracing::field::Empty);
     async move {
         // RFC 1939 §7: a timestamp in the greeting announces APOP; without secrets there is none,
@@ -151,7 +150,7 @@ where
 }
 
 /// STLS: handshake, then carry on in AUTHORIZATION over TLS (RFC 2595 §4).
-async fn start_tls<S: AsyncRead + AsyncWrite + Unpin>(mut core: Core, stream: S) {
+async fn start_tls<S: Transport>(mut core: Core, stream: S) {
     let Some(tls) = core.context.shared.tls.as_ref() else { return };
     let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream)).await;
     core.context.shared.metrics.handshake(Handshake::Stls, HandshakeResult::of(&handshake));
@@ -186,32 +185,25 @@ async fn finish<S: AsyncWrite + Unpin>(result: std::io::Result<End>, mut stream:
 ///
 /// The stream comes back without the read buffer: input pipelined after STLS is dropped
 /// here, so a command injected before the handshake never runs after it.
-async fn run_on<S: AsyncRead + AsyncWrite + Unpin>(
-    core: Core,
-    stream: S,
-    greet: bool,
-) -> (std::io::Result<End>, Core, S) {
-    let (reader, writer) = tokio::io::split(stream);
-    let mut session = Session {
-        core,
-        reader: BufReader::with_capacity(READ_BUFFER, reader),
-        writer: BufWriter::with_capacity(WRITE_BUFFER, writer),
-    };
+async fn run_on<S: Transport>(core: Core, stream: S, greet: bool) -> (std::io::Result<End>, Core, S) {
+    // Not split: RETR reaches the socket under both buffers (`io.get_ref().get_ref()`).
+    let writer = BufWriter::with_capacity(WRITE_BUFFER, stream);
+    let mut session = Session { core, io: BufReader::with_capacity(READ_BUFFER, writer) };
     let mut result = session.run(greet).await;
     if result.is_ok() {
-        result = within(CLOSE_TIMEOUT, session.writer.flush()).await.and(result);
+        result = within(CLOSE_TIMEOUT, session.io.flush()).await.and(result);
     }
-    let Session { core, reader, writer } = session;
-    (result, core, reader.into_inner().unsplit(writer.into_inner()))
+    let Session { core, io } = session;
+    (result, core, io.into_inner().into_inner())
 }
 
-struct Session<R, W> {
+struct Session<S> {
     core: Core,
-    reader: BufReader<R>,
-    writer: BufWriter<W>,
+    /// Reads go through the read buffer; writes pass it to the write buffer.
+    io: BufReader<BufWriter<S>>,
 }
 
-impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
+impl<S: Transport> Session<S> {
     async fn run(&mut self, greet: bool) -> std::io::Result<End> {
         if greet {
             let context = &self.core.context;
@@ -226,7 +218,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
                 State::Transaction(_) => config.idle_timeout(),
             };
             let max = if self.in_sasl() { sasl::MAX_RESPONSE_LINE } else { lines::MAX_COMMAND_LINE };
-            let read = tokio::time::timeout(timeout, lines::next_line(&mut self.reader, max));
+            let read = tokio::time::timeout(timeout, lines::next_line(&mut self.io, max));
             let line = tokio::select! {
                 line = read => match line {
                     Ok(line) => line?,
@@ -287,7 +279,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
                 }
                 Outcome::StartTls(reply) => {
                     self.send(&reply).await?;
-                    within(CLOSE_TIMEOUT, self.writer.flush()).await?;
+                    within(CLOSE_TIMEOUT, self.io.flush()).await?;
                     return Ok(End::StartTls);
                 }
                 Outcome::Update => {
@@ -332,6 +324,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
 
     async fn handle(&mut self, line: &[u8]) -> Outcome {
         let context = &self.core.context;
+        let zero_copy = self.io.get_ref().get_ref().plain_socket().is_some();
         if let State::Authorization(auth) = &mut self.core.state
             && auth.in_sasl()
         {
@@ -359,7 +352,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
         }
         match &mut self.core.state {
             State::Authorization(auth) => auth.handle(command, context).await,
-            State::Transaction(transaction) => transaction.handle(command, context.texts()).await,
+            State::Transaction(transaction) => transaction.handle(command, context.texts(), zero_copy).await,
         }
     }
 
@@ -411,9 +404,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
     async fn write_out(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         let timeout = self.core.context.shared.config.write_timeout();
         let write = async {
-            self.writer.write_all(bytes).await?;
-            if memchr::memchr(b'\n', self.reader.buffer()).is_none() {
-                self.writer.flush().await?;
+            self.io.write_all(bytes).await?;
+            if memchr::memchr(b'\n', self.io.buffer()).is_none() {
+                self.io.flush().await?;
             }
             Ok(())
         };
@@ -421,7 +414,10 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
     }
 
     /// Send `status` and the encoded body; a small message goes out in a single write.
-    async fn stream_message(&mut self, status: Vec<u8>, body: Body, top: Option<u64>) -> std::io::Result<()> {
+    async fn stream_message(&mut self, status: Vec<u8>, mut body: Body, top: Option<u64>) -> std::io::Result<()> {
+        if let Some(file) = body.verbatim.take() {
+            return self.send_verbatim(status, file, body.size).await;
+        }
         let mut encoder = BodyEncoder::new(top);
         // Only the status line and the size go into a transcript, never the mail.
         let status_line = self.core.transcript.is_some().then(|| status.clone());
@@ -434,7 +430,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
             let timeout = self.core.context.shared.config.write_timeout();
             let mut chunk = vec![0u8; STREAM_CHUNK];
             while !encoder.is_done() {
-                within(timeout, self.writer.write_all(&out)).await?;
+                within(timeout, self.io.write_all(&out)).await?;
                 written += out.len() as u64;
                 out.clear();
                 // A read error here cannot become -ERR (the +OK is out): the connection is dropped.
@@ -454,6 +450,55 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
             transcript.message(&status, text);
         }
         self.write_out(&out).await
+    }
+
+    /// RETR of a file already in wire form on plain TCP: the status line, the file by
+    /// `sendfile` (no user-space copy), the terminator. `size` is the file's length (checked
+    /// at open) and what LIST announced, so no more is sent even if it grows meanwhile; if it
+    /// shrinks meanwhile, a line break before the terminator keeps the response well-formed.
+    async fn send_verbatim(&mut self, status: Vec<u8>, file: std::fs::File, size: u64) -> std::io::Result<()> {
+        let timeout = self.core.context.shared.config.write_timeout();
+        let Some(socket) = self.io.get_ref().get_ref().plain_socket() else {
+            return Err(std::io::Error::other("zero-copy RETR without a plain socket"));
+        };
+        transport::cork(socket, true)?;
+        let sent = self.send_corked(&status, &file, size, timeout).await;
+        if let Some(socket) = self.io.get_ref().get_ref().plain_socket() {
+            transport::cork(socket, false)?;
+        }
+        let (sent, end) = sent?;
+        let metrics = &self.core.context.shared.metrics;
+        metrics.retrieved(false, (status.len() + end) as u64 + sent);
+        metrics.zero_copy(sent);
+        if let Some(transcript) = &mut self.core.transcript {
+            transcript.message(&status, sent + (end - TERMINATOR.len()) as u64);
+        }
+        Ok(())
+    }
+
+    /// [`Session::send_verbatim`]'s writes; returns the file octets sent and the octets after them.
+    async fn send_corked(
+        &mut self,
+        status: &[u8],
+        file: &std::fs::File,
+        size: u64,
+        timeout: Duration,
+    ) -> std::io::Result<(u64, usize)> {
+        within(timeout, self.io.write_all(status)).await?;
+        within(timeout, self.io.flush()).await?;
+        let sent = match self.io.get_ref().get_ref().plain_socket() {
+            Some(socket) => transport::send_file(socket, file, size, timeout).await?,
+            None => 0,
+        };
+        let mut end = Vec::with_capacity(2 + TERMINATOR.len());
+        if sent < size {
+            tracing::warn!(sent, size, "message file shrank while it was sent; ending the response early");
+            end.extend_from_slice(b"\r\n");
+        }
+        end.extend_from_slice(TERMINATOR);
+        within(timeout, self.io.write_all(&end)).await?;
+        within(timeout, self.io.flush()).await?;
+        Ok((sent, end.len()))
     }
 }
 
