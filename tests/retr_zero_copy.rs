@@ -24,17 +24,23 @@ fn big_clean() -> Vec<u8> {
     m
 }
 
+/// A clean file whose name gives its size (`,S=`, `,W=`), so the scan never reads it.
+const SIZED: &[u8] = b"Subject: sized name\r\n\r\nthe scan does not read me\r\n";
+
 /// The messages of the test mailbox, in order: `(file name, content)`.
-fn messages() -> Vec<(&'static str, Vec<u8>)> {
-    vec![
-        ("1700000001.M1P1.test", big_clean()),
-        ("1700000002.M2P1.test", b"Subject: lf\n\n.dot line\n..two\nplain\n.\n".to_vec()),
-        ("1700000003.M3P1.test", Vec::new()),
-        ("1700000004.M4P1.test", b"Subject: grows\r\n\r\nfirst\r\n".to_vec()),
-        ("1700000005.M5P1.test", b"Subject: shrinks\r\n\r\nkept\r\ncut off later\r\n".to_vec()),
-        ("1700000006.M6P1.test", b"Subject: no final line end\r\n\r\nlast".to_vec()),
-        ("1700000007.M7P1.test", b"Subject: small clean\r\n\r\nhello\r\n".to_vec()),
+fn messages() -> Vec<(String, Vec<u8>)> {
+    let sized = format!("1700000008.M8P1.test,S={0},W={0}", SIZED.len());
+    [
+        ("1700000001.M1P1.test".to_owned(), big_clean()),
+        ("1700000002.M2P1.test".to_owned(), b"Subject: lf\n\n.dot line\n..two\nplain\n.\n".to_vec()),
+        ("1700000003.M3P1.test".to_owned(), Vec::new()),
+        ("1700000004.M4P1.test".to_owned(), b"Subject: grows\r\n\r\nfirst\r\n".to_vec()),
+        ("1700000005.M5P1.test".to_owned(), b"Subject: shrinks\r\n\r\nkept\r\ncut off later\r\n".to_vec()),
+        ("1700000006.M6P1.test".to_owned(), b"Subject: no final line end\r\n\r\nlast".to_vec()),
+        ("1700000007.M7P1.test".to_owned(), b"Subject: small clean\r\n\r\nhello\r\n".to_vec()),
+        (sized, SIZED.to_vec()),
     ]
+    .into()
 }
 
 /// What RETR must send after its status line: CRLF lines, byte-stuffed, terminated.
@@ -67,7 +73,7 @@ async fn server() -> TestServer {
 }
 
 fn message_path(server: &TestServer, n: usize) -> std::path::PathBuf {
-    server.fixture.maildir("alice").join("new").join(messages()[n - 1].0)
+    server.fixture.maildir("alice").join("new").join(&messages()[n - 1].0)
 }
 
 /// `apopd_retr_zero_copy_bytes_total` from `/metrics`.
@@ -152,7 +158,7 @@ async fn plain_retr_is_byte_exact_and_clean_files_go_by_sendfile() {
 
     retrieves_every_message_exactly(&mut c).await;
     // Exactly the clean files went by sendfile (3 is empty), and all of them: not 2 (LF and
-    // dot lines) nor 6 (no line end at the end).
+    // dot lines) nor 6 (no line end at the end), nor 8 (clean, but the scan did not read it).
     let clean: u64 = [1, 3, 4, 5, 7].iter().map(|&n| messages()[n - 1].1.len() as u64).sum();
     assert_eq!(zero_copy_bytes(metrics).await, clean);
 
@@ -183,6 +189,31 @@ async fn plain_retr_is_byte_exact_and_clean_files_go_by_sendfile() {
     let before = zero_copy_bytes(metrics).await;
     assert!(c.retr(7, messages()[6].1.len()).await == wire(&messages()[6].1));
     assert_eq!(zero_copy_bytes(metrics).await, before + messages()[6].1.len() as u64);
+}
+
+#[tokio::test]
+async fn retr_learns_that_a_file_is_in_wire_form_and_the_index_remembers_it() {
+    let server = server().await;
+    let metrics = server.metrics_addr.unwrap();
+    let size = SIZED.len() as u64;
+    let mut c = plain(&server).await;
+    assert!(c.retr(8, SIZED.len()).await == wire(SIZED));
+    assert_eq!(zero_copy_bytes(metrics).await, 0, "not read by the scan: the first RETR is buffered");
+    assert!(c.retr(8, SIZED.len()).await == wire(SIZED));
+    assert_eq!(zero_copy_bytes(metrics).await, size, "learnt by the first RETR");
+    // An LF file is never learnt.
+    let lf = &messages()[1].1;
+    for _ in 0..2 {
+        assert!(c.retr(2, crlf(lf).len()).await == wire(lf));
+    }
+    assert_eq!(zero_copy_bytes(metrics).await, size);
+    assert!(c.cmd("QUIT").await.starts_with("+OK"));
+
+    let index = std::fs::read_to_string(server.fixture.maildir("alice").join("apopd.index")).unwrap();
+    assert!(index.lines().any(|l| l.contains(" N ") && l.ends_with(&messages()[7].0)), "{index}");
+    let mut c = plain(&server).await;
+    assert!(c.retr(8, SIZED.len()).await == wire(SIZED));
+    assert_eq!(zero_copy_bytes(metrics).await, 2 * size, "remembered in apopd.index");
 }
 
 #[tokio::test]

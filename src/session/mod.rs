@@ -421,11 +421,16 @@ impl<S: Transport> Session<S> {
         let mut encoder = BodyEncoder::new(top);
         // Only the status line and the size go into a transcript, never the mail.
         let status_line = self.core.transcript.is_some().then(|| status.clone());
+        let (status_len, index) = (status.len() as u64, body.index);
+        // File bytes encoded, and whether the whole file was (not cut at the LIST size).
+        let (mut consumed, mut whole) = (0u64, true);
         let mut written = 0u64;
         let mut out = status;
         out.reserve(body.head.len() + body.head.len() / 16 + TERMINATOR.len() + 2);
         // Never more than LIST announced, even if the file grew since the scan.
         let fits = encoder.push_within(&body.head, body.size, &mut out);
+        consumed += fits as u64;
+        whole &= fits == body.head.len();
         if let (Some(mut file), true) = (body.rest, fits == body.head.len()) {
             let timeout = self.core.context.shared.config.write_timeout();
             let mut chunk = vec![0u8; STREAM_CHUNK];
@@ -438,12 +443,26 @@ impl<S: Transport> Session<S> {
                 if n == 0 {
                     break;
                 }
-                if encoder.push_within(&chunk[..n], body.size, &mut out) < n {
+                let fits = encoder.push_within(&chunk[..n], body.size, &mut out);
+                consumed += fits as u64;
+                if fits < n {
+                    whole = false;
                     break;
                 }
             }
         }
         encoder.finish(&mut out);
+        // Nothing added (no CR, no stuffed dot, no final line end): the file is in wire form,
+        // and the next RETR of it can use sendfile.
+        let body_octets = (written + out.len() as u64).saturating_sub(status_len + TERMINATOR.len() as u64);
+        if top.is_none()
+            && whole
+            && consumed == body.size
+            && body_octets == consumed
+            && let State::Transaction(transaction) = &mut self.core.state
+        {
+            transaction.learned_verbatim(index);
+        }
         self.core.context.shared.metrics.retrieved(top.is_some(), written + out.len() as u64);
         if let (Some(transcript), Some(status)) = (&mut self.core.transcript, status_line) {
             let text = (written + out.len() as u64).saturating_sub((status.len() + TERMINATOR.len()) as u64);

@@ -118,7 +118,9 @@ impl Previous {
         self.by_base.get(base).filter(|(l, _, _, _)| *l == len).map(|(_, size, _, _)| *size)
     }
 
-    /// True when `base` was recorded as verbatim (see [`Entry::verbatim`]) with length `len`.
+    /// True when `base` was recorded as verbatim (see [`Entry::verbatim`]) with length `len`
+    /// (for a file of unknown length whose name gives its size: pass that size, which a
+    /// verbatim file's length equals).
     pub fn is_verbatim(&self, base: &[u8], len: u64) -> bool {
         self.by_base.get(base).is_some_and(|&(l, _, _, verbatim)| l == len && verbatim)
     }
@@ -213,15 +215,38 @@ fn parse(bytes: &[u8]) -> Option<Index> {
 /// their UIDLs given under `scheme`. Failing to write is logged, not returned: the next scan
 /// lists the directories again (and gives messages without a remembered UIDL one by the rules).
 pub fn save(maildir: &Maildir, times: DirTimes, scheme: &str, entries: &[Entry]) {
-    if let Err(e) = write(maildir, times, scheme, entries) {
+    if let Err(e) = write(maildir, times, nanos(SystemTime::now()), scheme, entries) {
         tracing::warn!(dir = %maildir.path().display(), error = %e, "cannot write {INDEX_FILE}");
     }
 }
 
-fn write(maildir: &Maildir, times: DirTimes, scheme: &str, entries: &[Entry]) -> io::Result<()> {
+/// Mark the files `learned` (name → length) verbatim in the index of `maildir`, as RETR found
+/// them: the next scan can then send them with `sendfile` even when it does not read them
+/// (`,W=` names). Everything else stays as it was, the time the index was written included,
+/// so whether it is trusted does not change. Call it under the mailbox lock.
+pub fn remember_verbatim(maildir: &Maildir, learned: &HashMap<&[u8], u64>) {
+    if learned.is_empty() {
+        return;
+    }
+    let Some(mut index) = maildir.read_own(INDEX_FILE, MAX_INDEX_BYTES).and_then(|bytes| parse(&bytes)) else {
+        return;
+    };
+    let Some(scheme) = index.scheme.take() else { return };
+    let mut changed = false;
+    for entry in index.entries.iter_mut().filter(|e| !e.verbatim) {
+        if let Some(&len) = learned.get(&entry.name[..]) {
+            (entry.len, entry.verbatim, changed) = (len, true, true);
+        }
+    }
+    if changed && let Err(e) = write(maildir, index.times, index.written, &scheme, &index.entries) {
+        tracing::warn!(dir = %maildir.path().display(), error = %e, "cannot write {INDEX_FILE}");
+    }
+}
+
+fn write(maildir: &Maildir, times: DirTimes, written: u64, scheme: &str, entries: &[Entry]) -> io::Result<()> {
     let mut out = Vec::with_capacity(HEADER.len() + 64 + entries.len() * 80);
     out.extend_from_slice(HEADER);
-    writeln!(out, "dirs {} {} {}", times[0], times[1], nanos(SystemTime::now()))?;
+    writeln!(out, "dirs {} {} {written}", times[0], times[1])?;
     if scheme.contains('\n') {
         return Ok(());
     }
@@ -302,6 +327,23 @@ mod tests {
         std::fs::write(tmp.path().join("box").join(INDEX_FILE), b"apopd-index 2\ndirs 1 2 9\nuidl auto\n4 4 c u 1.a\n")
             .unwrap();
         assert!(!Index::load(&dir).previous("auto").is_verbatim(b"1.a", 4));
+    }
+
+    #[test]
+    fn verbatim_files_learnt_by_retr_are_remembered_without_changing_trust() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = maildir(&tmp);
+        let old = nanos(SystemTime::now()) - 10_000_000_000;
+        let entries = vec![entry(Sub::New, "1.a.host,S=7,W=7", 0, 7), entry(Sub::New, "2.b.host", 5, 6)];
+        save(&dir, [old, old], "auto", &entries);
+        let before = Index::load(&dir).written;
+        remember_verbatim(&dir, &HashMap::from([(&b"1.a.host,S=7,W=7"[..], 7)]));
+        let index = Index::load(&dir);
+        assert_eq!(index.written, before, "the trust stamp is kept");
+        assert!(index.is_current([old, old], "auto"));
+        assert!(index.entries[0].verbatim && index.entries[0].len == 7);
+        assert!(!index.entries[1].verbatim);
+        assert!(index.previous("auto").is_verbatim(b"1.a.host,S=7,W=7", 7));
     }
 
     #[test]

@@ -169,11 +169,14 @@ impl Mailbox {
         }
     }
 
-    /// UPDATE: mark the messages at `seen` (0-based; those RETR sent) with the seen flag
+    /// UPDATE: remember the messages at `verbatim` as sent verbatim (RETR found them in wire
+    /// form), mark the messages at `seen` (0-based; those RETR sent) with the seen flag
     /// unless `pop3_no_flag_updates`, then remove the ones at `deleted`.
     ///
     /// Blocking: call it from a blocking task.
-    pub fn update(&self, seen: &[usize], deleted: &[usize]) -> Removal {
+    pub fn update(&self, verbatim: &[usize], seen: &[usize], deleted: &[usize]) -> Removal {
+        let learned = verbatim.iter().filter_map(|&i| self.messages.get(i)).map(|m| (&m.name[..], m.size)).collect();
+        index::remember_verbatim(&self.maildir, &learned);
         if self.flag_updates {
             self.mark_seen(seen);
         }
@@ -314,10 +317,12 @@ pub(crate) fn list(maildir: &Maildir, max_size: u64, previous: &Previous) -> Res
                 continue;
             }
             // The length is not needed when the name gives the size.
-            Some(size) => {
-                let len = len.unwrap_or(0);
-                (len, size, len == size && previous.is_verbatim(base_name(&name), len))
-            }
+            // A verbatim file's length is its size; RETR may have learnt it (see
+            // `index::remember_verbatim`).
+            Some(size) => match len.is_none_or(|len| len == size) && previous.is_verbatim(base_name(&name), size) {
+                true => (size, size, true),
+                false => (len.unwrap_or(0), size, false),
+            },
             None => match indexed_or_measured(maildir, sub, &name, len, previous, &mut buf, max_size) {
                 Ok(found) => found,
                 Err(e) => {
@@ -427,7 +432,7 @@ mod tests {
         assert_eq!(text, "a\n", "the message is followed to cur/");
         // Another program renames message 3 meanwhile: it is found by its base name.
         fs::rename(dir.path().join("cur/3.c.host:2,Fa"), dir.path().join("cur/3.c.host:2,FRa")).unwrap();
-        let removal = mailbox.update(&[0, 2], &[3]);
+        let removal = mailbox.update(&[], &[0, 2], &[3]);
         assert_eq!(removal, Removal { removed: 1, failed: vec![] });
         assert_eq!(names(dir.path(), "cur"), vec!["1.a.host:2,S", "2.b.host:2,", "3.c.host:2,FRSa"]);
         drop(mailbox);
@@ -440,7 +445,7 @@ mod tests {
     fn no_flag_updates_leaves_names_alone() {
         let dir = maildir_with(&[("new/1.a.host", b"a\n")]);
         let mailbox = open(dir.path()).unwrap();
-        mailbox.update(&[0], &[]);
+        mailbox.update(&[], &[0], &[]);
         assert_eq!(names(dir.path(), "new"), vec!["1.a.host"]);
     }
 
