@@ -39,8 +39,10 @@ pub fn cork(socket: &TcpStream, cork: bool) -> io::Result<()> {
 }
 
 /// At most this much per `sendfile` call, so the write timeout applies to progress, not to
-/// the whole message.
-const SENDFILE_CHUNK: usize = 1 << 20;
+/// the whole message, and a file not in the page cache holds the session's thread for at
+/// most one chunk's disk read at a time (RETR asked the kernel to read ahead when it opened
+/// the file, in the blocking pool).
+const SENDFILE_CHUNK: usize = 256 << 10;
 
 /// Send the first `len` bytes of `file` to `socket` with `sendfile(2)` (no user-space copy),
 /// waiting for the socket to take them; each step must make progress within `timeout`.
