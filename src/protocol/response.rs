@@ -136,11 +136,16 @@ impl BodyEncoder {
     /// Encode `input` onto `out` while the octets stay within `limit`; returns the bytes taken.
     /// The limit costs one comparison per line; only the line that crosses it is counted.
     fn encode(&mut self, whole: &[u8], out: &mut Vec<u8>, limit: u64) -> usize {
-        // RETR (no line budget) of a chunk that cannot reach the limit even if every byte
-        // were a bare LF: no per-line bookkeeping needed.
-        if self.body_lines_left.is_none() && self.wire.saturating_add(2 * whole.len() as u64 + 2) <= limit {
+        // RETR (no line budget): encode the whole chunk without per-line bookkeeping, and only
+        // if that went past the limit (a file that grew after LIST) undo it and cut line by line.
+        if self.body_lines_left.is_none() {
+            let (before, mark) = (self.clone(), out.len());
             self.encode_all(whole, out);
-            return whole.len();
+            if self.counted().finish() <= limit {
+                return whole.len();
+            }
+            *self = before;
+            out.truncate(mark);
         }
         let mut input = whole;
         while !input.is_empty() && !self.done {
