@@ -1,7 +1,8 @@
 //! `apopd.index`: what the last scan of a maildir found, so the next login need not redo it.
 //!
 //! It lists every message (subdirectory, file name, file length, POP3 size, UIDL, and whether
-//! the file goes out verbatim: an upper-case subdirectory tag) in session order, with the modification times of `cur/` and `new/` at scan time and the `uidl_format`
+//! the file goes out verbatim: an upper-case subdirectory tag) in session order, with the
+//! modification times of `cur/` and `new/` at scan time and the `uidl_format`
 //! the UIDLs were given under. It is also apopd's memory of the UIDL each message was first
 //! given: a rescan keeps it (by base name) as long as `uidl_format` is unchanged, so a UIDL
 //! never changes when, say, Dovecot's imap later numbers the message in `dovecot-uidlist`.
