@@ -38,6 +38,7 @@ DC_CMD_MSGS=${DC_CMD_MSGS:-2000}          # delete-churn through `apopd deliver`
 DC_SIZE=${DC_SIZE:-4096}
 DC_CLIENTS=${DC_CLIENTS:-4}
 KEEP=${KEEP:-0}                          # 1: keep the work dir
+SCENARIOS=${SCENARIOS:-login_churn retr delete_churn idle big_mailbox}   # which to run
 # Where maildirs and configs go. tmpfs by default: this box's shared disk deletes ~1,300
 # files/s, so cleaning up 400,000 message files would dominate the run; it also takes disk
 # noise out. Set BENCH_TMP=/var/tmp (or any disk) to include the filesystem.
@@ -104,6 +105,9 @@ pop() { load populate --root "$MAIL_A" --credentials "$CRED" --password "$SECRET
 log "populating ($IDLE_SESSIONS tiny, $RETR_USERS×$RETR_MSGS×$RETR_SIZE retr, $BIG_MSGS×$BIG_SIZE big, $DC_USERS churn)"
 pop --user-prefix tiny --users $((IDLE_SESSIONS + 1)) --messages 1 --size 1024 --seed 11
 pop --user-prefix retr --users "$RETR_USERS" --messages "$RETR_MSGS" --size "$RETR_SIZE" --seed 12
+# The same with files already in wire form (CRLF, no dot lines): apopd may sendfile them.
+pop --user-prefix retrcrlf --users "$RETR_USERS" --messages "$RETR_MSGS" --size "$RETR_SIZE" --seed 14 \
+    --line-ends crlf
 pop --user-prefix churn --users "$DC_USERS" --messages 0
 # The big mailboxes (user big<names>1) sit in cur/, as if a client had seen them before, so
 # neither server renames 100,000 files and a run is reset by deleting Dovecot's index files.
@@ -237,8 +241,9 @@ AUTH=(--apop-secret "$SECRET")
 VARIANT=
 DC_SEED=100
 
-scenario() { # name: run it RUNS times per server, alternating
+scenario() { # name: run it RUNS times per server, alternating (if SCENARIOS names it)
     local name=$1 run server
+    [[ " $SCENARIOS " == *" $name "* ]] || return 0
     for run in $(seq 1 "$RUNS"); do
         for server in apopd dovecot; do
             "scenario_$name" "$server" "$run"
@@ -251,9 +256,11 @@ scenario_login_churn() {
         --clients "$CHURN_CLIENTS" --seconds "$CHURN_SECS"
 }
 
-scenario_retr() {
-    record "$1" "$2" retr --user-prefix retr --users "$RETR_USERS" "${AUTH[@]}" --clients "$RETR_CLIENTS" \
-        --seed 12 --messages "$RETR_MSGS" --rounds "$RETR_ROUNDS"
+scenario_retr() { # VARIANT=crlf: the mailboxes whose files need no rewriting
+    local prefix=retr seed=12
+    if [ "$VARIANT" = crlf ]; then prefix=retrcrlf seed=14; fi
+    record "$1" "$2" retr --user-prefix "$prefix" --users "$RETR_USERS" "${AUTH[@]}" --clients "$RETR_CLIENTS" \
+        --seed "$seed" --messages "$RETR_MSGS" --rounds "$RETR_ROUNDS"
 }
 
 scenario_big_mailbox() { # restart the server without its caches: the first login is the cold one
@@ -338,9 +345,10 @@ VARIANT=
 stop_apopd
 start_apopd
 scenario retr
+VARIANT=crlf; scenario retr; VARIANT=
 scenario delete_churn
 # apopd only: delivery through `apopd deliver` (fsyncs, a process per message).
-for run in $(seq 1 "$RUNS"); do
+[[ " $SCENARIOS " == *" delete_churn "* ]] && for run in $(seq 1 "$RUNS"); do
     DC_SEED=$((DC_SEED + 1))
     record apopd "$run" delete-churn --user-prefix churn --users "$DC_USERS" "${AUTH[@]}" --clients "$DC_CLIENTS" \
         --messages "$DC_CMD_MSGS" --size "$DC_SIZE" --seed "$DC_SEED" \

@@ -203,6 +203,8 @@ pub struct Metrics {
     retrieved_messages: [Counter; 2],
     /// `[RETR, TOP]`.
     retrieved_bytes: [Counter; 2],
+    /// Message octets RETR handed to the kernel with `sendfile`.
+    zero_copy_bytes: Counter,
     deleted: Counter,
     update_seconds: Histogram,
     /// `[implicit, stls][success, failure, timeout]`.
@@ -328,6 +330,13 @@ impl Metrics {
             );
             handles
         };
+        let zero_copy_bytes = Counter::default();
+        registry.register_with_unit(
+            "retr_zero_copy",
+            "Message octets RETR sent with sendfile (files already in wire form, plain TCP)",
+            Unit::Bytes,
+            zero_copy_bytes.clone(),
+        );
         let deleted = Counter::default();
         registry.register("messages_deleted", "Messages removed at UPDATE", deleted.clone());
         let update_seconds = latency_buckets();
@@ -369,6 +378,7 @@ impl Metrics {
             throttle_refusals,
             retrieved_messages,
             retrieved_bytes,
+            zero_copy_bytes,
             deleted,
             update_seconds,
             handshakes,
@@ -433,6 +443,11 @@ impl Metrics {
     pub fn retrieved(&self, top: bool, octets: u64) {
         self.retrieved_messages[usize::from(top)].inc();
         self.retrieved_bytes[usize::from(top)].inc_by(octets);
+    }
+
+    /// RETR sent `octets` of a message file with `sendfile`.
+    pub fn zero_copy(&self, octets: u64) {
+        self.zero_copy_bytes.inc_by(octets);
     }
 
     /// UPDATE removed `deleted` messages in `took`.

@@ -129,12 +129,24 @@ impl BodyEncoder {
         } else {
             Some(b'x')
         };
-        WireSize { total: self.wire, last }
+        // Only counting matters here, not whether anything was rewritten.
+        WireSize { total: self.wire, last, rewritten: false }
     }
 
     /// Encode `input` onto `out` while the octets stay within `limit`; returns the bytes taken.
     /// The limit costs one comparison per line; only the line that crosses it is counted.
     fn encode(&mut self, whole: &[u8], out: &mut Vec<u8>, limit: u64) -> usize {
+        // RETR (no line budget): encode the whole chunk without per-line bookkeeping, and only
+        // if that went past the limit (a file that grew after LIST) undo it and cut line by line.
+        if self.body_lines_left.is_none() {
+            let (before, mark) = (self.clone(), out.len());
+            self.encode_all(whole, out);
+            if self.counted().finish() <= limit {
+                return whole.len();
+            }
+            *self = before;
+            out.truncate(mark);
+        }
         let mut input = whole;
         while !input.is_empty() && !self.done {
             match memchr(b'\n', input) {
@@ -176,6 +188,39 @@ impl BodyEncoder {
         whole.len()
     }
 
+    /// Encode all of `input`, copying runs of lines that need no change in one piece: only
+    /// a bare LF (a CR goes before it) and a `.` at a line start (stuffed) break a run.
+    fn encode_all(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        let Some(&last) = input.last() else { return };
+        out.reserve(input.len() + input.len() / 32 + 8);
+        if self.at_line_start && input[0] == b'.' {
+            out.push(b'.');
+        }
+        let (mut start, mut added) = (0, 0u64);
+        for i in memchr::memchr_iter(b'\n', input) {
+            let cr_before = if i == 0 { self.prev_cr } else { input[i - 1] == b'\r' };
+            if !cr_before {
+                out.extend_from_slice(&input[start..i]);
+                out.push(b'\r');
+                start = i; // the LF goes out with the next run
+                added += 1;
+            }
+            if input.get(i + 1) == Some(&b'.') {
+                out.extend_from_slice(&input[start..=i]);
+                out.push(b'.');
+                start = i + 1;
+            }
+        }
+        out.extend_from_slice(&input[start..]);
+        self.wire += input.len() as u64 + added;
+        self.line_len = match memchr::memrchr(b'\n', input) {
+            Some(i) => (input.len() - i - 1) as u64,
+            None => self.line_len + input.len() as u64,
+        };
+        self.at_line_start = last == b'\n';
+        self.prev_cr = last == b'\r';
+    }
+
     /// The file grew past `limit` within `rest` (the unencoded end of `whole`): count exactly
     /// where to stop and encode up to there; returns the bytes of `whole` taken.
     #[cold]
@@ -214,20 +259,36 @@ impl BodyEncoder {
 pub struct WireSize {
     total: u64,
     last: Option<u8>,
+    /// A bare LF or a line starting with `.` was seen: the encoder changes something.
+    rewritten: bool,
 }
 
 impl WireSize {
     /// Count `chunk`.
     pub fn push(&mut self, chunk: &[u8]) {
         let Some(&last) = chunk.last() else { return };
+        if chunk[0] == b'.' && matches!(self.last, None | Some(b'\n')) {
+            self.rewritten = true;
+        }
         self.total += chunk.len() as u64;
         for i in memchr::memchr_iter(b'\n', chunk) {
             let before = if i == 0 { self.last } else { Some(chunk[i - 1]) };
             if before != Some(b'\r') {
                 self.total += 1; // a bare LF goes out as CRLF
+                self.rewritten = true;
+            }
+            if chunk.get(i + 1) == Some(&b'.') {
+                self.rewritten = true;
             }
         }
         self.last = Some(last);
+    }
+
+    /// True when the bytes counted go on the wire unchanged (the `.` CRLF terminator aside):
+    /// every line ends in CRLF, the last one too, and none starts with `.`. Such a file can
+    /// be sent as it is (`sendfile`).
+    pub fn is_verbatim(&self) -> bool {
+        !self.rewritten && matches!(self.last, None | Some(b'\n'))
     }
 
     /// Count the longest prefix of `chunk` that keeps [`WireSize::finish`] within `limit`, and
@@ -330,6 +391,22 @@ mod tests {
     }
 
     #[test]
+    fn verbatim_files_are_crlf_without_dot_lines() {
+        let verbatim = |msg: &[u8]| {
+            let mut size = WireSize::default();
+            size.push(msg);
+            size.is_verbatim()
+        };
+        assert!(verbatim(b""));
+        assert!(verbatim(b"A: 1\r\n\r\nbody\r\n"));
+        assert!(!verbatim(b"A: 1\n\nbody\n"), "bare LF");
+        assert!(!verbatim(b"A: 1\r\n\r\n.dot\r\n"), "dot line");
+        assert!(!verbatim(b".A: 1\r\n"), "dot at the very start");
+        assert!(!verbatim(b"A: 1\r\n\r\nbody"), "unterminated last line");
+        assert!(!verbatim(b"A: 1\r\n\r\nbody\r"), "last line ends in CR only");
+    }
+
+    #[test]
     fn empty_message_is_just_the_terminator() {
         assert_eq!(encode(b"", None, 1), b".\r\n");
         assert_eq!(wire_size(b""), 0);
@@ -378,6 +455,14 @@ mod tests {
             let mut size = WireSize::default();
             msg.chunks(chunk).for_each(|c| size.push(c));
             prop_assert_eq!(size.finish(), crlf(&msg).len() as u64);
+        }
+
+        #[test]
+        fn verbatim_means_the_encoder_changes_nothing(msg in message(), chunk in 1usize..16) {
+            let mut size = WireSize::default();
+            msg.chunks(chunk).for_each(|c| size.push(c));
+            let unchanged = encode(&msg, None, 4096) == [&msg[..], TERMINATOR].concat();
+            prop_assert_eq!(size.is_verbatim(), unchanged);
         }
 
         #[test]

@@ -38,6 +38,11 @@ impl<R, const N: usize> LeanReader<R, N> {
         self.inner
     }
 
+    /// The reader underneath.
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
     /// Bytes held on the heap (for tests: zero when idle).
     pub fn heap_bytes(&self) -> usize {
         self.buf.capacity()
@@ -101,6 +106,11 @@ impl<W> LeanWriter<W> {
         self.inner
     }
 
+    /// The writer underneath (bypassing it loses order unless the buffer was flushed).
+    pub fn get_ref(&self) -> &W {
+        &self.inner
+    }
+
     /// Bytes held on the heap (for tests: zero after a flush).
     pub fn heap_bytes(&self) -> usize {
         self.buf.capacity()
@@ -150,6 +160,28 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for LeanWriter<W> {
         let this = self.get_mut();
         ready!(this.poll_send_buffer(cx))?;
         Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
+/// Writes pass through the reader (one stream both ways, as tokio's `BufReader`).
+impl<R: AsyncWrite + Unpin, const N: usize> AsyncWrite for LeanReader<R, N> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// Reads pass through the writer.
+impl<W: AsyncRead + Unpin> AsyncRead for LeanWriter<W> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, out)
     }
 }
 

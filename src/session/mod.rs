@@ -11,12 +11,13 @@ mod language;
 pub mod lines;
 mod syntax;
 mod transaction;
+pub mod transport;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::Instrument;
 
 use crate::auth::sasl::{self, Mechanism};
@@ -30,6 +31,7 @@ use crate::transcript::Transcript;
 use buffers::{LeanReader, LeanWriter};
 use lines::Line;
 use transaction::{Body, Transaction};
+use transport::Transport;
 
 /// Consecutive errors after which we stop talking to a client.
 const MAX_ERRORS_IN_A_ROW: u32 = 20;
@@ -133,18 +135,18 @@ struct Core {
 }
 
 /// Serve one POP3 client on `stream` (already TLS when `secure`) until it quits, drops or times out.
-pub async fn serve<S>(stream: S, peer: SocketAddr, shared: Arc<Shared>, secure: bool)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+pub async fn serve<S: Transport>(stream: S, peer: SocketAddr, shared: Arc<Shared>, secure: bool) {
     serve_admitted(stream, peer, shared, secure, Ticket::unlimited()).await
 }
 
 /// [`serve`] a connection admitted under `max_connections`: it may be evicted until it logs in.
-pub async fn serve_admitted<S>(stream: S, peer: SocketAddr, shared: Arc<Shared>, secure: bool, ticket: Ticket)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+pub async fn serve_admitted<S: Transport>(
+    stream: S,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    secure: bool,
+    ticket: Ticket,
+) {
     let span = tracing::info_span!("session", %peer, tls = secure, user = tracing::field::Empty);
     async move {
         // RFC 1939 §7: a timestamp in the greeting announces APOP; without secrets there is none,
@@ -169,7 +171,7 @@ where
 }
 
 /// STLS: handshake, then carry on in AUTHORIZATION over TLS (RFC 2595 §4).
-async fn start_tls<S: AsyncRead + AsyncWrite + Unpin>(mut core: Core, stream: S) {
+async fn start_tls<S: Transport>(mut core: Core, stream: S) {
     let Some(tls) = core.context.shared.tls.as_ref() else { return };
     let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream));
     let handshake = tokio::select! {
@@ -211,28 +213,24 @@ async fn finish<S: AsyncWrite + Unpin>(result: std::io::Result<End>, mut stream:
 ///
 /// The stream comes back without the read buffer: input pipelined after STLS is dropped
 /// here, so a command injected before the handshake never runs after it.
-async fn run_on<S: AsyncRead + AsyncWrite + Unpin>(
-    core: Core,
-    stream: S,
-    greet: bool,
-) -> (std::io::Result<End>, Core, S) {
-    let (reader, writer) = tokio::io::split(stream);
-    let mut session = Session { core, reader: LeanReader::new(reader), writer: LeanWriter::new(WRITE_BUFFER, writer) };
+async fn run_on<S: Transport>(core: Core, stream: S, greet: bool) -> (std::io::Result<End>, Core, S) {
+    // Not split: RETR reaches the socket under both buffers (`io.get_ref().get_ref()`).
+    let mut session = Session { core, io: LeanReader::new(LeanWriter::new(WRITE_BUFFER, stream)) };
     let mut result = session.run(greet).await;
     if matches!(result, Ok(End::Closed | End::StartTls)) {
-        result = within(CLOSE_TIMEOUT, session.writer.flush()).await.and(result);
+        result = within(CLOSE_TIMEOUT, session.io.flush()).await.and(result);
     }
-    let Session { core, reader, writer } = session;
-    (result, core, reader.into_inner().unsplit(writer.into_inner()))
+    let Session { core, io } = session;
+    (result, core, io.into_inner().into_inner())
 }
 
-struct Session<R, W> {
+struct Session<S> {
     core: Core,
-    reader: LeanReader<R, READ_BUFFER>,
-    writer: LeanWriter<W>,
+    /// Reads go through the read buffer; writes pass it to the write buffer.
+    io: LeanReader<LeanWriter<S>, READ_BUFFER>,
 }
 
-impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
+impl<S: Transport> Session<S> {
     async fn run(&mut self, greet: bool) -> std::io::Result<End> {
         if greet {
             let context = &self.core.context;
@@ -247,7 +245,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
                 State::Transaction(_) => config.idle_timeout(),
             };
             let max = if self.in_sasl() { sasl::MAX_RESPONSE_LINE } else { lines::MAX_COMMAND_LINE };
-            let read = tokio::time::timeout(timeout, lines::next_line(&mut self.reader, max));
+            let read = tokio::time::timeout(timeout, lines::next_line(&mut self.io, max));
             let logged_in = matches!(self.core.state, State::Transaction(_));
             let line = tokio::select! {
                 line = read => match line {
@@ -267,8 +265,8 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
                     let reply = response::err(self.core.context.texts().get(Key::TooManyConnections));
                     // Only if the socket takes it at once: an evicted client gets no more time.
                     let say = async {
-                        self.writer.write_all(&reply).await?;
-                        self.writer.flush().await
+                        self.io.write_all(&reply).await?;
+                        self.io.flush().await
                     };
                     let _ = tokio::time::timeout(Duration::ZERO, say).await;
                     return Ok(End::Evicted);
@@ -325,7 +323,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
                 }
                 Outcome::StartTls(reply) => {
                     self.send(&reply).await?;
-                    within(CLOSE_TIMEOUT, self.writer.flush()).await?;
+                    within(CLOSE_TIMEOUT, self.io.flush()).await?;
                     return Ok(End::StartTls);
                 }
                 Outcome::Update => {
@@ -370,6 +368,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
 
     async fn handle(&mut self, line: &[u8]) -> Outcome {
         let context = &self.core.context;
+        let zero_copy = self.io.get_ref().get_ref().plain_socket().is_some();
         if let State::Authorization(auth) = &mut self.core.state
             && auth.in_sasl()
         {
@@ -397,7 +396,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
         }
         match &mut self.core.state {
             State::Authorization(auth) => auth.handle(command, context).await,
-            State::Transaction(transaction) => transaction.handle(command, context.texts()).await,
+            State::Transaction(transaction) => transaction.handle(command, context.texts(), zero_copy).await,
         }
     }
 
@@ -449,9 +448,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
     async fn write_out(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         let timeout = self.core.context.shared.config.write_timeout();
         let write = async {
-            self.writer.write_all(bytes).await?;
-            if memchr::memchr(b'\n', self.reader.buffer()).is_none() {
-                self.writer.flush().await?;
+            self.io.write_all(bytes).await?;
+            if memchr::memchr(b'\n', self.io.buffer()).is_none() {
+                self.io.flush().await?;
             }
             Ok(())
         };
@@ -459,20 +458,28 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
     }
 
     /// Send `status` and the encoded body; a small message goes out in a single write.
-    async fn stream_message(&mut self, status: Vec<u8>, body: Body, top: Option<u64>) -> std::io::Result<()> {
+    async fn stream_message(&mut self, status: Vec<u8>, mut body: Body, top: Option<u64>) -> std::io::Result<()> {
+        if let Some(file) = body.verbatim.take() {
+            return self.send_verbatim(status, file, body.size).await;
+        }
         let mut encoder = BodyEncoder::new(top);
         // Only the status line and the size go into a transcript, never the mail.
         let status_line = self.core.transcript.is_some().then(|| status.clone());
+        let (status_len, index) = (status.len() as u64, body.index);
+        // File bytes encoded, and whether the whole file was (not cut at the LIST size).
+        let (mut consumed, mut whole) = (0u64, true);
         let mut written = 0u64;
         let mut out = status;
         out.reserve(body.head.len() + body.head.len() / 16 + TERMINATOR.len() + 2);
         // Never more than LIST announced, even if the file grew since the scan.
         let fits = encoder.push_within(&body.head, body.size, &mut out);
+        consumed += fits as u64;
+        whole &= fits == body.head.len();
         if let (Some(mut file), true) = (body.rest, fits == body.head.len()) {
             let timeout = self.core.context.shared.config.write_timeout();
             let mut chunk = vec![0u8; STREAM_CHUNK];
             while !encoder.is_done() {
-                within(timeout, self.writer.write_all(&out)).await?;
+                within(timeout, self.io.write_all(&out)).await?;
                 written += out.len() as u64;
                 out.clear();
                 // A read error here cannot become -ERR (the +OK is out): the connection is dropped.
@@ -480,18 +487,81 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
                 if n == 0 {
                     break;
                 }
-                if encoder.push_within(&chunk[..n], body.size, &mut out) < n {
+                let fits = encoder.push_within(&chunk[..n], body.size, &mut out);
+                consumed += fits as u64;
+                if fits < n {
+                    whole = false;
                     break;
                 }
             }
         }
         encoder.finish(&mut out);
+        // Nothing added (no CR, no stuffed dot, no final line end): the file is in wire form,
+        // and the next RETR of it can use sendfile.
+        let body_octets = (written + out.len() as u64).saturating_sub(status_len + TERMINATOR.len() as u64);
+        if top.is_none()
+            && whole
+            && consumed == body.size
+            && body_octets == consumed
+            && let State::Transaction(transaction) = &mut self.core.state
+        {
+            transaction.learned_verbatim(index);
+        }
         self.core.context.shared.metrics.retrieved(top.is_some(), written + out.len() as u64);
         if let (Some(transcript), Some(status)) = (&mut self.core.transcript, status_line) {
             let text = (written + out.len() as u64).saturating_sub((status.len() + TERMINATOR.len()) as u64);
             transcript.message(&status, text);
         }
         self.write_out(&out).await
+    }
+
+    /// RETR of a file already in wire form on plain TCP: the status line, the file by
+    /// `sendfile` (no user-space copy), the terminator. `size` is the file's length (checked
+    /// at open) and what LIST announced, so no more is sent even if it grows meanwhile; if it
+    /// shrinks meanwhile, a line break before the terminator keeps the response well-formed.
+    async fn send_verbatim(&mut self, status: Vec<u8>, file: std::fs::File, size: u64) -> std::io::Result<()> {
+        let timeout = self.core.context.shared.config.write_timeout();
+        let Some(socket) = self.io.get_ref().get_ref().plain_socket() else {
+            return Err(std::io::Error::other("zero-copy RETR without a plain socket"));
+        };
+        transport::cork(socket, true)?;
+        let sent = self.send_corked(&status, &file, size, timeout).await;
+        if let Some(socket) = self.io.get_ref().get_ref().plain_socket() {
+            transport::cork(socket, false)?;
+        }
+        let (sent, end) = sent?;
+        let metrics = &self.core.context.shared.metrics;
+        metrics.retrieved(false, (status.len() + end) as u64 + sent);
+        metrics.zero_copy(sent);
+        if let Some(transcript) = &mut self.core.transcript {
+            transcript.message(&status, sent + (end - TERMINATOR.len()) as u64);
+        }
+        Ok(())
+    }
+
+    /// [`Session::send_verbatim`]'s writes; returns the file octets sent and the octets after them.
+    async fn send_corked(
+        &mut self,
+        status: &[u8],
+        file: &std::fs::File,
+        size: u64,
+        timeout: Duration,
+    ) -> std::io::Result<(u64, usize)> {
+        within(timeout, self.io.write_all(status)).await?;
+        within(timeout, self.io.flush()).await?;
+        let sent = match self.io.get_ref().get_ref().plain_socket() {
+            Some(socket) => transport::send_file(socket, file, size, timeout).await?,
+            None => 0,
+        };
+        let mut end = Vec::with_capacity(2 + TERMINATOR.len());
+        if sent < size {
+            tracing::warn!(sent, size, "message file shrank while it was sent; ending the response early");
+            end.extend_from_slice(b"\r\n");
+        }
+        end.extend_from_slice(TERMINATOR);
+        within(timeout, self.io.write_all(&end)).await?;
+        within(timeout, self.io.flush()).await?;
+        Ok((sent, end.len()))
     }
 }
 

@@ -24,18 +24,34 @@ pub struct Body {
     pub rest: Option<tokio::fs::File>,
     /// The size LIST announced: a file that grew since is cut there.
     pub size: u64,
+    /// The whole file, instead of `head` and `rest`, when it goes on the wire as it is and is
+    /// exactly `size` long: sent with `sendfile`.
+    pub verbatim: Option<std::fs::File>,
+    /// The message's 0-based index in the mailbox.
+    pub index: usize,
 }
 
 impl Body {
-    /// Open message `i` and read up to [`READ_AT_OPEN`] bytes. Blocking.
-    fn open(mailbox: &Mailbox, i: usize) -> std::io::Result<Body> {
+    /// Open message `i` and read up to [`READ_AT_OPEN`] bytes, or nothing when `verbatim`
+    /// (the file is known to be in wire form and may go by `sendfile`) and the file is still
+    /// `size` long. Blocking.
+    fn open(mailbox: &Mailbox, i: usize, verbatim: bool) -> std::io::Result<Body> {
         let mut file = mailbox.open_message(i)?;
         let size = mailbox.messages()[i].size;
+        // A file that grew or shrank since the scan takes the buffered path, which cuts it at
+        // `size` or ends it where it ends.
+        if verbatim && file.metadata()?.len() == size {
+            // `sendfile` runs on the session's thread: start reading a cold file from the disk
+            // here, in the blocking pool (a hint; nothing breaks if it is ignored).
+            let ahead = i64::try_from(size).unwrap_or(i64::MAX);
+            let _ = nix::fcntl::posix_fadvise(&file, 0, ahead, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED);
+            return Ok(Body { head: Vec::new(), rest: None, size, verbatim: Some(file), index: i });
+        }
         // The POP3 size bounds the file size, so this is usually the exact capacity.
         let mut head = Vec::with_capacity(size.min(READ_AT_OPEN) as usize + 1);
         (&mut file).take(READ_AT_OPEN).read_to_end(&mut head)?;
         let rest = (head.len() as u64 == READ_AT_OPEN).then(|| tokio::fs::File::from_std(file));
-        Ok(Body { head, rest, size })
+        Ok(Body { head, rest, size, verbatim: None, index: i })
     }
 }
 
@@ -47,14 +63,26 @@ pub struct Transaction {
     deleted: Vec<bool>,
     /// Messages RETR sent, to be marked seen at UPDATE (TOP does not count, as in Dovecot).
     retrieved: Vec<bool>,
+    /// Messages RETR found already in wire form this session (the scan did not know it), to
+    /// be remembered in the index at UPDATE.
+    learned: Vec<bool>,
 }
 
 impl Transaction {
     /// Start TRANSACTION on a locked, scanned mailbox.
     pub fn new(user: String, mailbox: Mailbox) -> Self {
         let deleted = vec![false; mailbox.messages().len()];
-        let retrieved = deleted.clone();
-        Transaction { user, mailbox: Arc::new(mailbox), deleted, retrieved }
+        let (retrieved, learned) = (deleted.clone(), deleted.clone());
+        Transaction { user, mailbox: Arc::new(mailbox), deleted, retrieved, learned }
+    }
+
+    /// RETR sent message `i` (0-based) whole and found it in wire form.
+    pub fn learned_verbatim(&mut self, i: usize) {
+        if let Some(learned) = self.learned.get_mut(i)
+            && !self.mailbox.messages()[i].verbatim
+        {
+            *learned = true;
+        }
     }
 
     /// Who logged in.
@@ -102,8 +130,9 @@ impl Transaction {
         }
     }
 
-    /// Handle one command in TRANSACTION, answering in `t`'s language.
-    pub async fn handle(&mut self, command: Command, t: Texts<'_>) -> Outcome {
+    /// Handle one command in TRANSACTION, answering in `t`'s language; `zero_copy`: RETR may
+    /// hand a verbatim file to the kernel (a plain TCP connection).
+    pub async fn handle(&mut self, command: Command, t: Texts<'_>, zero_copy: bool) -> Outcome {
         let reply = match command {
             Command::Stat => {
                 let (count, octets) = self.totals();
@@ -125,8 +154,8 @@ impl Transaction {
                 Ok(i) => ok(&format!("{} {}", i + 1, self.mailbox.messages()[i].uidl)),
                 Err(e) => e,
             },
-            Command::Retr(n) => return self.message(n, None, t).await,
-            Command::Top { msg, lines } => return self.message(msg, Some(lines), t).await,
+            Command::Retr(n) => return self.message(n, None, t, zero_copy).await,
+            Command::Top { msg, lines } => return self.message(msg, Some(lines), t, false).await,
             Command::Dele(n) => match self.index(n, t) {
                 Ok(i) => {
                     self.deleted[i] = true;
@@ -148,13 +177,14 @@ impl Transaction {
     }
 
     /// RETR (`top` = None) or TOP: open the file before saying +OK, so a missing file is an -ERR.
-    async fn message(&mut self, number: u64, top: Option<u64>, t: Texts<'_>) -> Outcome {
+    async fn message(&mut self, number: u64, top: Option<u64>, t: Texts<'_>, zero_copy: bool) -> Outcome {
         let i = match self.index(number, t) {
             Ok(i) => i,
             Err(e) => return Outcome::Reply(e),
         };
         let mailbox = self.mailbox.clone();
-        let opened = tokio::task::spawn_blocking(move || Body::open(&mailbox, i)).await;
+        let verbatim = top.is_none() && zero_copy && (mailbox.messages()[i].verbatim || self.learned[i]);
+        let opened = tokio::task::spawn_blocking(move || Body::open(&mailbox, i, verbatim)).await;
         match opened {
             Ok(Ok(body)) => {
                 if top.is_none() {
@@ -184,10 +214,11 @@ impl Transaction {
     pub async fn update(self, t: Texts<'_>, metrics: &Metrics) -> Vec<u8> {
         let marked: Vec<usize> = (0..self.deleted.len()).filter(|&i| self.deleted[i]).collect();
         let seen: Vec<usize> = (0..self.deleted.len()).filter(|&i| self.retrieved[i] && !self.deleted[i]).collect();
+        let learned: Vec<usize> = (0..self.deleted.len()).filter(|&i| self.learned[i] && !self.deleted[i]).collect();
         let total = marked.len();
         let mailbox = self.mailbox;
         let started = std::time::Instant::now();
-        let removal = tokio::task::spawn_blocking(move || mailbox.update(&seen, &marked)).await;
+        let removal = tokio::task::spawn_blocking(move || mailbox.update(&learned, &seen, &marked)).await;
         if let Ok(removal) = &removal {
             metrics.update(removal.removed, started.elapsed());
         }

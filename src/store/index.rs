@@ -1,7 +1,8 @@
 //! `apopd.index`: what the last scan of a maildir found, so the next login need not redo it.
 //!
-//! It lists every message (subdirectory, file name, file length, POP3 size, UIDL) in session
-//! order, with the modification times of `cur/` and `new/` at scan time and the `uidl_format`
+//! It lists every message (subdirectory, file name, file length, POP3 size, UIDL, and whether
+//! the file goes out verbatim: an upper-case subdirectory tag) in session order, with the
+//! modification times of `cur/` and `new/` at scan time and the `uidl_format`
 //! the UIDLs were given under. It is also apopd's memory of the UIDL each message was first
 //! given: a rescan keeps it (by base name) as long as `uidl_format` is unchanged, so a UIDL
 //! never changes when, say, Dovecot's imap later numbers the message in `dovecot-uidlist`.
@@ -53,11 +54,13 @@ impl Sub {
         }
     }
 
-    fn tag(self) -> u8 {
-        match self {
+    /// The entry's tag: upper case when the file is known to go out verbatim.
+    fn tag(self, verbatim: bool) -> u8 {
+        let tag = match self {
             Sub::Cur => b'c',
             Sub::New => b'n',
-        }
+        };
+        if verbatim { tag.to_ascii_uppercase() } else { tag }
     }
 }
 
@@ -74,6 +77,9 @@ pub struct Entry {
     pub size: u64,
     /// Its UIDL.
     pub uidl: Box<str>,
+    /// The file is known to need no rewriting on the wire (CRLF lines, none starting with
+    /// `.`): RETR may send it as it is. False when unknown.
+    pub verbatim: bool,
 }
 
 /// The modification times of `cur/` and `new/`, in nanoseconds since the epoch.
@@ -103,19 +109,26 @@ pub struct Index {
 /// What the last scan recorded per base name, for reuse after a change.
 #[derive(Debug, Default)]
 pub struct Previous {
-    by_base: HashMap<Vec<u8>, (u64, u64, Box<str>)>,
+    by_base: HashMap<Vec<u8>, (u64, u64, Box<str>, bool)>,
     keep_uidls: bool,
 }
 
 impl Previous {
     /// The POP3 size recorded for `base`, if the file still has length `len`.
     pub fn size_of(&self, base: &[u8], len: u64) -> Option<u64> {
-        self.by_base.get(base).filter(|(l, _, _)| *l == len).map(|(_, size, _)| *size)
+        self.by_base.get(base).filter(|(l, _, _, _)| *l == len).map(|(_, size, _, _)| *size)
+    }
+
+    /// True when `base` was recorded as verbatim (see [`Entry::verbatim`]) with length `len`
+    /// (for a file of unknown length whose name gives its size: pass that size, which a
+    /// verbatim file's length equals).
+    pub fn is_verbatim(&self, base: &[u8], len: u64) -> bool {
+        self.by_base.get(base).is_some_and(|&(l, _, _, verbatim)| l == len && verbatim)
     }
 
     /// The UIDL `base` was given before, when it still holds under the current scheme.
     pub fn uidl_of(&self, base: &[u8]) -> Option<&str> {
-        self.by_base.get(base).filter(|_| self.keep_uidls).map(|(_, _, uidl)| &**uidl)
+        self.by_base.get(base).filter(|_| self.keep_uidls).map(|(_, _, uidl, _)| &**uidl)
     }
 }
 
@@ -149,8 +162,11 @@ impl Index {
             Some(s) => s == scheme,
             None => scheme == "auto",
         };
-        let by_base =
-            self.entries.iter().map(|e| (base_name(&e.name).to_vec(), (e.len, e.size, e.uidl.clone()))).collect();
+        let by_base = self
+            .entries
+            .iter()
+            .map(|e| (base_name(&e.name).to_vec(), (e.len, e.size, e.uidl.clone(), e.verbatim)))
+            .collect();
         Previous { by_base, keep_uidls }
     }
 }
@@ -174,9 +190,12 @@ fn parse(bytes: &[u8]) -> Option<Index> {
         let number = |field: Option<&[u8]>| -> Option<u64> { std::str::from_utf8(field?).ok()?.parse().ok() };
         let len = number(fields.next())?;
         let size = number(fields.next())?;
-        let sub = match fields.next()? {
-            b"c" => Sub::Cur,
-            b"n" => Sub::New,
+        // Upper case: known verbatim (version 2 only; an older apopd rebuilds such an index).
+        let (sub, verbatim) = match fields.next()? {
+            b"c" => (Sub::Cur, false),
+            b"n" => (Sub::New, false),
+            b"C" if v2 => (Sub::Cur, true),
+            b"N" if v2 => (Sub::New, true),
             _ => return None,
         };
         let uidl = match v2 {
@@ -188,7 +207,7 @@ fn parse(bytes: &[u8]) -> Option<Index> {
             Some(uidl) => String::from_utf8_lossy(uidl).into(),
             None => uidl_of(&name).into(),
         };
-        entries.push(Entry { sub, name, len, size, uidl });
+        entries.push(Entry { sub, name, len, size, uidl, verbatim });
     }
     Some(Index { existed: true, times, written, scheme, entries })
 }
@@ -197,15 +216,38 @@ fn parse(bytes: &[u8]) -> Option<Index> {
 /// their UIDLs given under `scheme`. Failing to write is logged, not returned: the next scan
 /// lists the directories again (and gives messages without a remembered UIDL one by the rules).
 pub fn save(maildir: &Maildir, times: DirTimes, scheme: &str, entries: &[Entry]) {
-    if let Err(e) = write(maildir, times, scheme, entries) {
+    if let Err(e) = write(maildir, times, nanos(SystemTime::now()), scheme, entries) {
         tracing::warn!(dir = %maildir.path().display(), error = %e, "cannot write {INDEX_FILE}");
     }
 }
 
-fn write(maildir: &Maildir, times: DirTimes, scheme: &str, entries: &[Entry]) -> io::Result<()> {
+/// Mark the files `learned` (name → length) verbatim in the index of `maildir`, as RETR found
+/// them: the next scan can then send them with `sendfile` even when it does not read them
+/// (`,W=` names). Everything else stays as it was, the time the index was written included,
+/// so whether it is trusted does not change. Call it under the mailbox lock.
+pub fn remember_verbatim(maildir: &Maildir, learned: &HashMap<&[u8], u64>) {
+    if learned.is_empty() {
+        return;
+    }
+    let Some(mut index) = maildir.read_own(INDEX_FILE, MAX_INDEX_BYTES).and_then(|bytes| parse(&bytes)) else {
+        return;
+    };
+    let Some(scheme) = index.scheme.take() else { return };
+    let mut changed = false;
+    for entry in index.entries.iter_mut().filter(|e| !e.verbatim) {
+        if let Some(&len) = learned.get(&entry.name[..]) {
+            (entry.len, entry.verbatim, changed) = (len, true, true);
+        }
+    }
+    if changed && let Err(e) = write(maildir, index.times, index.written, &scheme, &index.entries) {
+        tracing::warn!(dir = %maildir.path().display(), error = %e, "cannot write {INDEX_FILE}");
+    }
+}
+
+fn write(maildir: &Maildir, times: DirTimes, written: u64, scheme: &str, entries: &[Entry]) -> io::Result<()> {
     let mut out = Vec::with_capacity(HEADER.len() + 64 + entries.len() * 80);
     out.extend_from_slice(HEADER);
-    writeln!(out, "dirs {} {} {}", times[0], times[1], nanos(SystemTime::now()))?;
+    writeln!(out, "dirs {} {} {written}", times[0], times[1])?;
     if scheme.contains('\n') {
         return Ok(());
     }
@@ -216,7 +258,7 @@ fn write(maildir: &Maildir, times: DirTimes, scheme: &str, entries: &[Entry]) ->
             return Ok(());
         }
         write!(out, "{} {} ", entry.len, entry.size)?;
-        out.push(entry.sub.tag());
+        out.push(entry.sub.tag(entry.verbatim));
         out.push(b' ');
         out.extend_from_slice(entry.uidl.as_bytes());
         out.push(b' ');
@@ -238,7 +280,8 @@ mod tests {
     }
 
     fn entry(sub: Sub, name: &str, len: u64, size: u64) -> Entry {
-        Entry { sub, name: name.as_bytes().to_vec(), len, size, uidl: format!("u-{name}").replace(':', "").into() }
+        let uidl = format!("u-{name}").replace(':', "").into();
+        Entry { sub, name: name.as_bytes().to_vec(), len, size, uidl, verbatim: false }
     }
 
     #[test]
@@ -263,6 +306,45 @@ mod tests {
         let recent = nanos(SystemTime::now());
         save(&dir, [recent, recent], "auto", &entries);
         assert!(!Index::load(&dir).is_current([recent, recent], "auto"));
+    }
+
+    #[test]
+    fn the_verbatim_bit_round_trips_and_old_entries_read_as_unknown() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = maildir(&tmp);
+        let mut clean = entry(Sub::New, "1.a.host", 10, 10);
+        clean.verbatim = true;
+        let entries = vec![clean, entry(Sub::Cur, "2.b.host:2,", 5, 6)];
+        save(&dir, [1, 2], "auto", &entries);
+        let text = std::fs::read(tmp.path().join("box").join(INDEX_FILE)).unwrap();
+        assert!(text.windows(4).any(|w| w == b" N u"), "{}", String::from_utf8_lossy(&text));
+        let index = Index::load(&dir);
+        assert_eq!(index.entries, entries);
+        let previous = index.previous("auto");
+        assert!(previous.is_verbatim(b"1.a.host", 10));
+        assert!(!previous.is_verbatim(b"1.a.host", 11), "another length is checked again");
+        assert!(!previous.is_verbatim(b"2.b.host", 5));
+        // An index written before the bit existed: every entry is "not known verbatim".
+        std::fs::write(tmp.path().join("box").join(INDEX_FILE), b"apopd-index 2\ndirs 1 2 9\nuidl auto\n4 4 c u 1.a\n")
+            .unwrap();
+        assert!(!Index::load(&dir).previous("auto").is_verbatim(b"1.a", 4));
+    }
+
+    #[test]
+    fn verbatim_files_learnt_by_retr_are_remembered_without_changing_trust() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = maildir(&tmp);
+        let old = nanos(SystemTime::now()) - 10_000_000_000;
+        let entries = vec![entry(Sub::New, "1.a.host,S=7,W=7", 0, 7), entry(Sub::New, "2.b.host", 5, 6)];
+        save(&dir, [old, old], "auto", &entries);
+        let before = Index::load(&dir).written;
+        remember_verbatim(&dir, &HashMap::from([(&b"1.a.host,S=7,W=7"[..], 7)]));
+        let index = Index::load(&dir);
+        assert_eq!(index.written, before, "the trust stamp is kept");
+        assert!(index.is_current([old, old], "auto"));
+        assert!(index.entries[0].verbatim && index.entries[0].len == 7);
+        assert!(!index.entries[1].verbatim);
+        assert!(index.previous("auto").is_verbatim(b"1.a.host,S=7,W=7", 7));
     }
 
     #[test]

@@ -28,11 +28,15 @@ pub struct Message {
     pub size: u64,
     /// The RFC 1939 unique-id.
     pub uidl: Box<str>,
+    /// The file is known to go on the wire as it is (CRLF lines, none starting with `.`), so
+    /// its length is `size` and RETR may send it with `sendfile`.
+    pub verbatim: bool,
 }
 
 impl Message {
     fn from_entry(entry: Entry) -> Self {
-        Message { sub: entry.sub, name: entry.name.into_boxed_slice(), size: entry.size, uidl: entry.uidl }
+        let Entry { sub, name, size, uidl, verbatim, .. } = entry;
+        Message { sub, name: name.into_boxed_slice(), size, uidl, verbatim }
     }
 
     /// Where the file was at scan time, relative to the maildir (`cur/…` or `new/…`).
@@ -165,11 +169,14 @@ impl Mailbox {
         }
     }
 
-    /// UPDATE: mark the messages at `seen` (0-based; those RETR sent) with the seen flag
+    /// UPDATE: remember the messages at `verbatim` as sent verbatim (RETR found them in wire
+    /// form), mark the messages at `seen` (0-based; those RETR sent) with the seen flag
     /// unless `pop3_no_flag_updates`, then remove the ones at `deleted`.
     ///
     /// Blocking: call it from a blocking task.
-    pub fn update(&self, seen: &[usize], deleted: &[usize]) -> Removal {
+    pub fn update(&self, verbatim: &[usize], seen: &[usize], deleted: &[usize]) -> Removal {
+        let learned = verbatim.iter().filter_map(|&i| self.messages.get(i)).map(|m| (&m.name[..], m.size)).collect();
+        index::remember_verbatim(&self.maildir, &learned);
         if self.flag_updates {
             self.mark_seen(seen);
         }
@@ -274,19 +281,19 @@ fn scan(maildir: &Maildir, policy: &Policy) -> Result<Vec<Message>, String> {
     }
     let previous = index.previous(&scheme);
     let found = list(maildir, policy.max_message_size, &previous)?;
-    let names: Vec<(Sub, &[u8])> = found.iter().map(|(sub, name, _, _)| (*sub, &name[..])).collect();
+    let names: Vec<(Sub, &[u8])> = found.iter().map(|(sub, name, ..)| (*sub, &name[..])).collect();
     let uidls = uidl::assign_all(maildir, &policy.uidl, &previous, !index.existed, &names);
     let entries: Vec<Entry> = found
         .into_iter()
         .zip(uidls)
-        .map(|((sub, name, len, size), (uidl, _))| Entry { sub, name, len, size, uidl })
+        .map(|((sub, name, len, size, verbatim), (uidl, _))| Entry { sub, name, len, size, uidl, verbatim })
         .collect();
     index::save(maildir, times, &scheme, &entries);
     Ok(entries.into_iter().map(Message::from_entry).collect())
 }
 
-/// A listed message: `(sub, name, length, POP3 size)`.
-pub(crate) type Found = (Sub, Vec<u8>, u64, u64);
+/// A listed message: `(sub, name, length, POP3 size, verbatim)`.
+pub(crate) type Found = (Sub, Vec<u8>, u64, u64, bool);
 
 /// Every servable message, oldest first.
 pub(crate) fn list(maildir: &Maildir, max_size: u64, previous: &Previous) -> Result<Vec<Found>, String> {
@@ -303,14 +310,19 @@ pub(crate) fn list(maildir: &Maildir, max_size: u64, previous: &Previous) -> Res
     let mut entries = Vec::with_capacity(found.len());
     for (_, name, len, sub) in found {
         let name = name.into_vec();
-        let (len, size) = match size_from_name(&name) {
+        let (len, size, verbatim) = match size_from_name(&name) {
             Some(size) if size > max_size => {
                 let file = Path::new(sub.dir()).join(OsStr::from_bytes(&name));
                 tracing::warn!(maildir = %path.display(), file = ?file, "not serving a message larger than max_message_size");
                 continue;
             }
             // The length is not needed when the name gives the size.
-            Some(size) => (len.unwrap_or(0), size),
+            // A verbatim file's length is its size; RETR may have learnt it (see
+            // `index::remember_verbatim`).
+            Some(size) => match len.is_none_or(|len| len == size) && previous.is_verbatim(base_name(&name), size) {
+                true => (size, size, true),
+                false => (len.unwrap_or(0), size, false),
+            },
             None => match indexed_or_measured(maildir, sub, &name, len, previous, &mut buf, max_size) {
                 Ok(found) => found,
                 Err(e) => {
@@ -321,12 +333,12 @@ pub(crate) fn list(maildir: &Maildir, max_size: u64, previous: &Previous) -> Res
                 }
             },
         };
-        entries.push((sub, name, len, size));
+        entries.push((sub, name, len, size, verbatim));
     }
     Ok(entries)
 }
 
-/// `(length, POP3 size)` of a message: the size from the index when the length (from the
+/// `(length, POP3 size, verbatim)` of a message: from the index when the length (from the
 /// listing, else from a `stat`) still matches, else counted by reading at most `max_size`
 /// bytes of the file once.
 fn indexed_or_measured(
@@ -337,13 +349,13 @@ fn indexed_or_measured(
     sizes: &Previous,
     buf: &mut [u8],
     max_size: u64,
-) -> io::Result<(u64, u64)> {
+) -> io::Result<(u64, u64, bool)> {
     let len = match listed_len {
         Some(len) => len,
         None => maildir.length(sub, name)?,
     };
     if let Some(size) = sizes.size_of(base_name(name), len) {
-        return Ok((len, size));
+        return Ok((len, size, sizes.is_verbatim(base_name(name), len)));
     }
     let mut file = maildir.open_message(sub, name)?.take(max_size.saturating_add(1));
     let mut size = WireSize::default();
@@ -359,7 +371,7 @@ fn indexed_or_measured(
     if len > max_size {
         return Err(io::Error::other("grew past max_message_size while it was measured"));
     }
-    Ok((len, size.finish()))
+    Ok((len, size.finish(), size.is_verbatim()))
 }
 
 /// The leading decimal number of a maildir name (its delivery time), for ordering.
@@ -420,7 +432,7 @@ mod tests {
         assert_eq!(text, "a\n", "the message is followed to cur/");
         // Another program renames message 3 meanwhile: it is found by its base name.
         fs::rename(dir.path().join("cur/3.c.host:2,Fa"), dir.path().join("cur/3.c.host:2,FRa")).unwrap();
-        let removal = mailbox.update(&[0, 2], &[3]);
+        let removal = mailbox.update(&[], &[0, 2], &[3]);
         assert_eq!(removal, Removal { removed: 1, failed: vec![] });
         assert_eq!(names(dir.path(), "cur"), vec!["1.a.host:2,S", "2.b.host:2,", "3.c.host:2,FRSa"]);
         drop(mailbox);
@@ -433,7 +445,7 @@ mod tests {
     fn no_flag_updates_leaves_names_alone() {
         let dir = maildir_with(&[("new/1.a.host", b"a\n")]);
         let mailbox = open(dir.path()).unwrap();
-        mailbox.update(&[0], &[]);
+        mailbox.update(&[], &[0], &[]);
         assert_eq!(names(dir.path(), "new"), vec!["1.a.host"]);
     }
 

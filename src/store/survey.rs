@@ -80,7 +80,7 @@ pub fn survey(path: &Path, scheme: &Scheme) -> Result<Survey, String> {
     let index = Index::load(&maildir);
     let previous = index.previous(&scheme.to_string());
     let found = mailbox::list(&maildir, policy.max_message_size, &previous)?;
-    let names: Vec<(Sub, &[u8])> = found.iter().map(|(sub, name, _, _)| (*sub, &name[..])).collect();
+    let names: Vec<(Sub, &[u8])> = found.iter().map(|(sub, name, ..)| (*sub, &name[..])).collect();
     let mut counts = BTreeMap::new();
     for (_, origin) in uidl::assign_all(&maildir, scheme, &previous, !index.existed, &names) {
         *counts.entry(origin).or_insert(0) += 1;

@@ -2,10 +2,14 @@
 //! expected bytes can be regenerated from the message alone plus the run's seed.
 //!
 //! Files use LF line endings; some body lines start with '.', some are just "." or "..",
-//! so dot-stuffing is exercised on every message.
+//! so dot-stuffing is exercised on every message. The CRLF variant (`populate --line-ends
+//! crlf`) has CRLF line endings and no line starting with '.': a file already in wire form,
+//! which a server may send as it is; its Message-ID domain says so.
 
 /// The domain part of every generated Message-ID.
 pub const ID_DOMAIN: &str = "pop3-load";
+/// The domain part of the Message-ID of a CRLF message.
+pub const CRLF_ID_DOMAIN: &str = "crlf.pop3-load";
 
 /// Which message a Message-ID names.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -14,14 +18,17 @@ pub struct MessageKey {
     pub user: String,
     /// The message number within the run (populate: 1..=M; delete-churn: the delivery sequence).
     pub index: u64,
-    /// The requested file size in bytes (LF line endings).
+    /// The requested file size in bytes.
     pub size: usize,
+    /// CRLF line endings and no line starting with '.' (else LF, with dot lines).
+    pub crlf: bool,
 }
 
 impl MessageKey {
-    /// `<user.index.size.seed@pop3-load>`
+    /// `<user.index.size.seed@pop3-load>` (`@crlf.pop3-load` for a CRLF message)
     pub fn message_id(&self, seed: u64) -> String {
-        format!("<{}.{}.{}.{seed}@{ID_DOMAIN}>", self.user, self.index, self.size)
+        let domain = if self.crlf { CRLF_ID_DOMAIN } else { ID_DOMAIN };
+        format!("<{}.{}.{}.{seed}@{domain}>", self.user, self.index, self.size)
     }
 }
 
@@ -56,25 +63,31 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,;:-_=+/()!?'";
 
 /// The file content of the message `key` in the run `seed`: headers, then filler lines until
-/// the file is exactly `key.size` bytes (or the headers alone, when they are longer).
+/// the file is exactly `key.size` bytes (or the headers alone, when they are longer; a CRLF
+/// message may be one byte longer).
 pub fn message(seed: u64, key: &MessageKey) -> Vec<u8> {
     let mut out = Vec::with_capacity(key.size.max(256));
-    out.extend_from_slice(
-        format!(
-            "From: load@{ID_DOMAIN}\nTo: {}@{ID_DOMAIN}\nSubject: load message {}\nMessage-ID: {}\n\
-             Date: Tue, 14 Nov 2023 22:13:20 +0000\n\n",
-            key.user,
-            key.index,
-            key.message_id(seed)
-        )
-        .as_bytes(),
+    let nl: &[u8] = if key.crlf { b"\r\n" } else { b"\n" };
+    let headers = format!(
+        "From: load@{ID_DOMAIN}\nTo: {}@{ID_DOMAIN}\nSubject: load message {}\nMessage-ID: {}\n\
+         Date: Tue, 14 Nov 2023 22:13:20 +0000\n\n",
+        key.user,
+        key.index,
+        key.message_id(seed)
     );
+    for line in headers.split_inclusive('\n') {
+        out.extend_from_slice(line.trim_end_matches('\n').as_bytes());
+        out.extend_from_slice(nl);
+    }
     let mut rng = Rng::new(seed ^ fnv1a(key.user.as_bytes()) ^ key.index.wrapping_mul(0x2545_F491_4F6C_DD1D));
     while out.len() < key.size {
         let remaining = key.size - out.len();
         // The last line takes exactly what is left (its newline included).
-        let len = if remaining <= 80 { remaining - 1 } else { rng.below(79) as usize };
-        match rng.below(16) {
+        let len = if remaining <= 80 { remaining.saturating_sub(nl.len()) } else { rng.below(79) as usize };
+        // A CRLF message has no dot lines: it is meant to need no rewriting.
+        let kind = rng.below(16);
+        let line_start = out.len();
+        match if key.crlf { 15 } else { kind } {
             0 => out.extend_from_slice(&b"..."[..len.min(1)]), // a lone "." (or empty)
             1 => out.extend_from_slice(&b".."[..len.min(2)]),
             2 | 3 => {
@@ -90,7 +103,11 @@ pub fn message(seed: u64, key: &MessageKey) -> Vec<u8> {
             let written_line = out.len() - (key.size - remaining);
             fill(&mut out, &mut rng, len - written_line);
         }
-        out.push(b'\n');
+        // Filler may start a line with '.' too: not in a CRLF message.
+        if key.crlf && out.get(line_start) == Some(&b'.') {
+            out[line_start] = b'_';
+        }
+        out.extend_from_slice(nl);
     }
     out
 }
@@ -135,14 +152,18 @@ pub fn parse_message_id(message: &[u8], seed: u64) -> Option<MessageKey> {
     let headers = &message[..header_end];
     let line = headers.split(|&b| b == b'\n').find_map(|l| l.strip_prefix(b"Message-ID: "))?;
     let line = std::str::from_utf8(line).ok()?.trim_end_matches('\r');
-    let inner = line.strip_prefix('<')?.strip_suffix(&format!("@{ID_DOMAIN}>"))?;
+    let inner = line.strip_prefix('<')?;
+    let (inner, crlf) = match inner.strip_suffix(&format!("@{CRLF_ID_DOMAIN}>")) {
+        Some(inner) => (inner, true),
+        None => (inner.strip_suffix(&format!("@{ID_DOMAIN}>"))?, false),
+    };
     // user may contain dots: split the three numbers off the right.
     let mut parts = inner.rsplitn(4, '.');
     let run_seed: u64 = parts.next()?.parse().ok()?;
     let size: usize = parts.next()?.parse().ok()?;
     let index: u64 = parts.next()?.parse().ok()?;
     let user = parts.next()?.to_owned();
-    (run_seed == seed && !user.is_empty()).then_some(MessageKey { user, index, size })
+    (run_seed == seed && !user.is_empty()).then_some(MessageKey { user, index, size, crlf })
 }
 
 #[cfg(test)]
@@ -150,7 +171,20 @@ mod tests {
     use super::*;
 
     fn key(size: usize) -> MessageKey {
-        MessageKey { user: "user.7".into(), index: 42, size }
+        MessageKey { user: "user.7".into(), index: 42, size, crlf: false }
+    }
+
+    #[test]
+    fn crlf_messages_are_in_wire_form() {
+        for size in [300, 301, 1000, 65536] {
+            let k = MessageKey { crlf: true, ..key(size) };
+            let m = message(5, &k);
+            assert!(m.len() == size || m.len() == size + 1, "size {size}: {}", m.len());
+            assert_eq!(crlf_size(&m), m.len() as u64, "every LF after a CR");
+            assert!(m.ends_with(b"\r\n"));
+            assert!(!m.starts_with(b".") && !m.windows(2).any(|w| w == b"\n."), "no dot lines");
+            assert_eq!(parse_message_id(&m, 5), Some(k));
+        }
     }
 
     #[test]

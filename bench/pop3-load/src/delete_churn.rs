@@ -138,7 +138,8 @@ pub async fn run(o: Opts) -> anyhow::Result<bool> {
                     break;
                 }
                 let user = shared.users[(seq % shared.users.len() as u64) as usize].clone();
-                let message = content::message(shared.seed, &MessageKey { user: user.clone(), index: seq, size });
+                let message =
+                    content::message(shared.seed, &MessageKey { user: user.clone(), index: seq, size, crlf: false });
                 match deliver(&delivery, &user, seq, &message, op_timeout) {
                     Ok(()) => shared.delivered[seq as usize].store(true, Ordering::Release),
                     Err(e) => {

@@ -22,6 +22,15 @@ pub enum Names {
     Sized,
 }
 
+/// The line endings of message files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LineEnds {
+    /// LF, with lines starting with '.': the server converts and byte-stuffs.
+    Lf,
+    /// CRLF and no line starting with '.': already in wire form (a server may `sendfile` it).
+    Crlf,
+}
+
 /// The maildir subdirectory messages are written to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Subdir {
@@ -39,9 +48,13 @@ pub struct Opts {
     /// Messages per user.
     #[arg(long, default_value_t = 10)]
     messages: u64,
-    /// Bytes per message file (LF line endings; at least the ~200 bytes of headers).
+    /// Bytes per message file (at least the ~200 bytes of headers).
     #[arg(long, default_value_t = 4096)]
     size: usize,
+    /// `lf`: LF line endings and dot lines (the usual maildir); `crlf`: files already in wire
+    /// form. `retr` tells them apart by the Message-ID.
+    #[arg(long, value_enum, default_value_t = LineEnds::Lf)]
+    line_ends: LineEnds,
     #[arg(long, value_enum, default_value_t = Names::Plain)]
     names: Names,
     /// Where the messages go: `new` (just delivered) or `cur` (seen by a client before;
@@ -144,6 +157,7 @@ fn populate(o: &Opts) -> anyhow::Result<bool> {
         .int("size", o.size)
         .str("names", format!("{:?}", o.names).to_lowercase())
         .str("subdir", format!("{:?}", o.subdir).to_lowercase())
+        .str("line_ends", format!("{:?}", o.line_ends).to_lowercase())
         .int("seed", o.seed)
         .int("bytes", bytes)
         .num("seconds", secs)
@@ -158,7 +172,7 @@ fn populate(o: &Opts) -> anyhow::Result<bool> {
 }
 
 fn write_message(root: &Path, user: &str, k: u64, o: &Opts) -> anyhow::Result<u64> {
-    let key = MessageKey { user: user.to_owned(), index: k, size: o.size };
+    let key = MessageKey { user: user.to_owned(), index: k, size: o.size, crlf: o.line_ends == LineEnds::Crlf };
     let file = content::message(o.seed, &key);
     let name = file_name(k, o.seed, o.names, &file);
     let path = match o.subdir {

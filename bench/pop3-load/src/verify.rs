@@ -98,8 +98,9 @@ pub fn check_retr(raw: &[u8], listed: u64, seed: u64) -> Result<MessageKey, Mism
     if decoded.len() as u64 != listed {
         return Err(Mismatch::ListSize { listed, received: decoded.len() as u64 });
     }
-    let file = crlf_to_lf(&decoded)?;
-    let key = content::parse_message_id(&file, seed).ok_or(Mismatch::Unknown)?;
+    let key = content::parse_message_id(&decoded, seed).ok_or(Mismatch::Unknown)?;
+    // A CRLF message's file is what the client receives; an LF one's has the CRs removed.
+    let file = if key.crlf { decoded } else { crlf_to_lf(&decoded)? };
     let expected = content::message(seed, &key);
     if content::crlf_size(&expected) != listed {
         return Err(Mismatch::ListSize { listed, received: content::crlf_size(&expected) });
@@ -136,7 +137,7 @@ mod tests {
     const SEED: u64 = 1234;
 
     fn sample() -> (Vec<u8>, u64) {
-        let file = message(SEED, &MessageKey { user: "user1".into(), index: 3, size: 5000 });
+        let file = message(SEED, &MessageKey { user: "user1".into(), index: 3, size: 5000, crlf: false });
         let size = content::crlf_size(&file);
         (file, size)
     }
@@ -238,6 +239,18 @@ mod tests {
         let wire = stuff(&file);
         assert_eq!(check_retr(&wire, size + 1, SEED), Err(Mismatch::ListSize { listed: size + 1, received: size }));
         assert!(check_retr(&wire, size - 1, SEED).is_err());
+    }
+
+    #[test]
+    fn a_crlf_message_is_checked_byte_for_byte() {
+        let file = message(SEED, &MessageKey { user: "user1".into(), index: 4, size: 5000, crlf: true });
+        let size = file.len() as u64;
+        let wire = [&file[..], b".\r\n"].concat();
+        assert_eq!(check_retr(&wire, size, SEED).map(|k| k.crlf), Ok(true));
+        let mut changed = wire.clone();
+        let pos = (changed.len() / 2..changed.len()).find(|&i| changed[i].is_ascii_alphanumeric()).unwrap();
+        changed[pos] = if changed[pos] == b'x' { b'y' } else { b'x' };
+        assert!(matches!(check_retr(&changed, size, SEED), Err(Mismatch::Content { .. })));
     }
 
     #[test]
