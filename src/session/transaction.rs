@@ -53,6 +53,48 @@ impl Body {
         let rest = (head.len() as u64 == READ_AT_OPEN).then(|| tokio::fs::File::from_std(file));
         Ok(Body { head, rest, size, verbatim: None, index: i })
     }
+
+    /// [`Body::open`] on the runtime's thread, when it needs no disk I/O: the name and (unless
+    /// `verbatim`) the first bytes are in the kernel's caches, as for mail just delivered or
+    /// listed. Saves a round trip through the blocking pool per RETR; `None` when anything
+    /// would block or is unusual, and then [`Body::open`] gives the full answer.
+    fn open_cached(mailbox: &Mailbox, i: usize, verbatim: bool) -> Option<Body> {
+        let file = mailbox.open_message_cached(i)?;
+        let size = mailbox.messages()[i].size;
+        if verbatim && file.metadata().ok()?.len() == size {
+            // sendfile reads it on this thread: start a cold file's read-ahead now (a hint).
+            let ahead = i64::try_from(size).unwrap_or(i64::MAX);
+            let _ = nix::fcntl::posix_fadvise(&file, 0, ahead, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED);
+            return Some(Body { head: Vec::new(), rest: None, size, verbatim: Some(file), index: i });
+        }
+        let head = read_cached(&file, READ_AT_OPEN as usize)?;
+        let rest = (head.len() as u64 == READ_AT_OPEN).then(|| tokio::fs::File::from_std(file));
+        Some(Body { head, rest, size, verbatim: None, index: i })
+    }
+}
+
+/// Up to `limit` bytes from the start of `file` if they are all in the page cache
+/// (`preadv2` with `RWF_NOWAIT`); `None` when a read would wait for the disk or fails.
+fn read_cached(file: &std::fs::File, limit: usize) -> Option<Vec<u8>> {
+    use std::os::fd::AsRawFd;
+    let mut buf = Vec::with_capacity(limit);
+    loop {
+        let spare = buf.spare_capacity_mut();
+        if spare.is_empty() {
+            return Some(buf);
+        }
+        let iov = nix::libc::iovec { iov_base: spare.as_mut_ptr().cast(), iov_len: spare.len() };
+        // SAFETY: one iovec over `buf`'s spare capacity, which outlives the call; the kernel
+        // writes at most `iov_len` bytes there and returns how many. Offset -1: read at the
+        // file position and advance it, so the rest of the file is read from where this stops.
+        let n = unsafe { nix::libc::preadv2(file.as_raw_fd(), &iov, 1, -1, nix::libc::RWF_NOWAIT) };
+        match usize::try_from(n) {
+            Ok(0) => return Some(buf),
+            // SAFETY: the kernel initialised these `n` bytes.
+            Ok(n) => unsafe { buf.set_len(buf.len() + n) },
+            Err(_) => return None, // EAGAIN (not cached), EOPNOTSUPP, or an error the blocking path reports
+        }
+    }
 }
 
 /// An open mailbox and the DELE marks on it.
@@ -184,7 +226,10 @@ impl Transaction {
         };
         let mailbox = self.mailbox.clone();
         let verbatim = top.is_none() && zero_copy && (mailbox.messages()[i].verbatim || self.learned[i]);
-        let opened = tokio::task::spawn_blocking(move || Body::open(&mailbox, i, verbatim)).await;
+        let opened = match Body::open_cached(&mailbox, i, verbatim) {
+            Some(body) => Ok(Ok(body)),
+            None => tokio::task::spawn_blocking(move || Body::open(&mailbox, i, verbatim)).await,
+        };
         match opened {
             Ok(Ok(body)) => {
                 if top.is_none() {

@@ -169,6 +169,13 @@ impl Mailbox {
         }
     }
 
+    /// [`Mailbox::open_message`] when it needs no disk I/O (see
+    /// [`Maildir::open_message_cached`]); `None` otherwise: then call that from a blocking thread.
+    pub fn open_message_cached(&self, i: usize) -> Option<File> {
+        let message = self.messages.get(i)?;
+        self.maildir.open_message_cached(message.sub, &message.name)
+    }
+
     /// UPDATE: remember the messages at `verbatim` as sent verbatim (RETR found them in wire
     /// form), mark the messages at `seen` (0-based; those RETR sent) with the seen flag
     /// unless `pop3_no_flag_updates`, then remove the ones at `deleted`.
