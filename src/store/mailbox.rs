@@ -80,7 +80,7 @@ impl Mailbox {
     /// Blocking: call it from a blocking task.
     pub fn open(location: &Location, policy: &Policy) -> Result<Self, OpenError> {
         let maildir = Maildir::open(location, policy, true)?;
-        let lock = MailboxLock::try_acquire(&maildir)?;
+        let lock = super::settle::lock_for_session(&maildir)?;
         match maildir.clean_tmp(TMP_MAX_AGE) {
             Ok(0) => {}
             Ok(n) => tracing::info!(maildir = %maildir.path().display(), removed = n, "removed stale files from tmp/"),
@@ -273,7 +273,7 @@ impl Mailbox {
 /// file that passes the maildir's rules is a message) and refreshing the index. A message the
 /// index remembers keeps its UIDL; any other gets one from [`uidl::assign_all`]. Also says
 /// whether the index now on disk is [`index::settled`] (the next login will trust it).
-fn scan(maildir: &Maildir, policy: &Policy) -> Result<(Listing, bool), String> {
+pub(super) fn scan(maildir: &Maildir, policy: &Policy) -> Result<(Listing, bool), String> {
     let path = maildir.path();
     let scheme = policy.uidl.to_string();
     // The clock, then the mtimes, then the listing: a change after the mtimes were read
