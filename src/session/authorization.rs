@@ -239,8 +239,11 @@ async fn login(
     let policy = cx.shared.mail_root.policy().clone();
     let opened = tokio::task::spawn_blocking(move || (Mailbox::open(&location, &policy), location, policy)).await;
     let opened = opened.map(|(opened, location, policy)| {
-        if opened.as_ref().is_ok_and(|mailbox| !mailbox.settled()) {
-            settle_later(location, policy);
+        if let Ok(mailbox) = &opened
+            && !mailbox.settled()
+            && settle::schedule(mailbox.dir())
+        {
+            settle_later(location, policy, mailbox.dir().to_owned());
         }
         opened
     });
@@ -278,21 +281,23 @@ async fn login(
 /// so the next login (or the first after a restart) reads the index instead of the directories.
 /// While a session holds the mailbox or the directories keep changing, try again later, with
 /// growing waits (about 4 minutes in all).
-fn settle_later(location: Location, policy: Policy) {
+/// `dir` is the maildir [`settle::schedule`]d for it.
+fn settle_later(location: Location, policy: Policy, dir: std::path::PathBuf) {
     tokio::spawn(async move {
         let mut wait = SETTLE + std::time::Duration::from_millis(100);
         for _ in 0..7 {
             tokio::time::sleep(wait).await;
             let (location, policy) = (location.clone(), policy.clone());
             match tokio::task::spawn_blocking(move || settle::settle(&location, &policy)).await {
-                Ok(Ok(true)) => return,
                 Ok(Ok(false) | Err(OpenError::InUse)) => wait *= 2,
+                Ok(Ok(true)) => break,
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, "cannot settle the mailbox index");
-                    return;
+                    break;
                 }
-                Err(_) => return,
+                Err(_) => break,
             }
         }
+        settle::unschedule(&dir);
     });
 }

@@ -20,6 +20,22 @@ use super::safe_fs::{Location, Maildir, Policy};
 /// Maildirs this process is settling now.
 static SETTLING: LazyLock<Mutex<HashSet<PathBuf>>> = LazyLock::new(Default::default);
 
+/// Maildirs with a settler scheduled: one at a time per maildir, however often it is logged into.
+static SCHEDULED: LazyLock<Mutex<HashSet<PathBuf>>> = LazyLock::new(Default::default);
+
+/// Claim the one settler of the maildir at `dir`: false when one is already scheduled.
+/// The settler calls [`unschedule`] when it is done.
+pub fn schedule(dir: &Path) -> bool {
+    SCHEDULED.lock().is_ok_and(|mut set| set.insert(dir.to_owned()))
+}
+
+/// The settler of `dir` is done.
+pub fn unschedule(dir: &Path) {
+    if let Ok(mut set) = SCHEDULED.lock() {
+        set.remove(dir);
+    }
+}
+
 /// The longest a login waits for a settler before it answers `[IN-USE]`.
 const WAIT_AT_MOST: Duration = Duration::from_secs(5);
 
@@ -121,6 +137,16 @@ mod tests {
         // Any real change moves an mtime and is seen.
         fs::rename(dir.path().join("new/3.c.host"), dir.path().join("new/4.d.host")).unwrap();
         assert_eq!(count(), 3);
+    }
+
+    #[test]
+    fn one_settler_per_maildir() {
+        let dir = Path::new("/nonexistent/one_settler_per_maildir");
+        assert!(schedule(dir));
+        assert!(!schedule(dir), "already scheduled");
+        unschedule(dir);
+        assert!(schedule(dir));
+        unschedule(dir);
     }
 
     #[test]
