@@ -294,7 +294,7 @@ ELAPSED=$(( $(date +%s) - START ))
 mkdir -p "$HERE/results"
 OUT=$HERE/results/$(date +%Y-%m-%d).md
 [ ! -e "$OUT" ] || OUT=$HERE/results/$(date +%Y-%m-%d-%H%M).md
-export RESULTS OUT ELAPSED LOAD_BEFORE LOAD_AFTER RUNS
+export RESULTS OUT ELAPSED LOAD_BEFORE LOAD_AFTER RUNS SCENARIOS
 export WORK_FS="$(df --output=fstype "$WORK" | tail -n 1) ($BENCH_TMP)"
 export MACHINE_NPROC=$(nproc)
 export MACHINE_MEM=$(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)
