@@ -21,12 +21,8 @@ async fn count(addr: SocketAddr) -> u64 {
     stat.split(' ').nth(1).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("STAT: {stat}"))
 }
 
-fn mtimes(maildir: &Path) -> [SystemTime; 2] {
-    ["cur", "new"].map(|sub| fs::metadata(maildir.join(sub)).unwrap().modified().unwrap())
-}
-
-/// Put the directories' mtimes back, as if nothing had changed (no maildir writer can do this;
-/// it stands for a change within the same timestamp tick, or proves that no directory is read).
+/// Set both directories' mtimes to `times`, whatever changed in them (no maildir writer can do
+/// this: it stands for a change within the same timestamp tick, or proves no directory is read).
 fn restore(maildir: &Path, times: [SystemTime; 2]) {
     for (sub, time) in ["cur", "new"].into_iter().zip(times) {
         fs::File::open(maildir.join(sub)).unwrap().set_modified(time).unwrap();
@@ -50,25 +46,31 @@ async fn an_index_listed_too_soon_is_never_trusted_and_is_settled_in_the_backgro
     let fixture = Fixture::new("");
     let maildir = fixture.maildir("alice");
     let server = ServerProcess::spawn(&fixture.config_path);
+    // The directories' last change is not 2 s before any listing of this part (stamped a
+    // minute ahead, so however slow the machine).
+    let soon = SystemTime::now() + Duration::from_secs(60);
+    restore(&maildir, [soon; 2]);
     assert_eq!(count(server.addr).await, 5);
-    let times = mtimes(&maildir);
 
-    // A message added in the same timestamp tick as that listing is seen: the index, listed
-    // less than 2 s after the directories changed, is not trusted.
+    // A message added in the same timestamp tick as that listing is seen: the index is not
+    // trusted.
     sneak(&maildir, "1900000001.sneak.host:2,");
-    restore(&maildir, times);
+    restore(&maildir, [soon; 2]);
     assert_eq!(count(server.addr).await, 6, "an unsettled index must never be trusted");
 
-    // Once the window has passed, the server lists again on its own and writes a settled index.
+    // Once the window has passed (here: the last change 3 s ago), the server lists again on
+    // its own and writes a settled index.
+    let past = SystemTime::now() - Duration::from_secs(3);
+    restore(&maildir, [past; 2]);
     let started = Instant::now();
     while !index_settled(&maildir) {
-        assert!(started.elapsed() < Duration::from_secs(20), "the server never settled the index");
+        assert!(started.elapsed() < Duration::from_secs(30), "the server never settled the index");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // From now on the index is the mailbox (proof: a file slipped in with the mtimes put back
     // is not listed), also for the first login after a restart.
     sneak(&maildir, "1900000002.sneak.host:2,");
-    restore(&maildir, times);
+    restore(&maildir, [past; 2]);
     assert_eq!(count(server.addr).await, 6, "a settled index is served without listing");
     drop(server);
     let server = ServerProcess::spawn(&fixture.config_path);

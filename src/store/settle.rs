@@ -111,28 +111,31 @@ mod tests {
             fs::create_dir(dir.path().join(sub)).unwrap();
         }
         fs::write(dir.path().join("cur/1.a.host:2,S"), b"a\n").unwrap();
-        // The directories changed 1 s ago: a listing now could miss a change made later in
-        // the same timestamp tick.
-        let changed = SystemTime::now() - Duration::from_millis(1000);
-        set_mtimes(dir.path(), changed);
+        // Directories whose last change is not 2 s before a listing (here: stamped in the
+        // future, so however slow the machine): a change in the same tick could hide.
+        let soon = SystemTime::now() + Duration::from_secs(60);
+        set_mtimes(dir.path(), soon);
         let mailbox = Mailbox::open(&location, &policy).unwrap();
         assert!(!mailbox.settled());
         drop(mailbox);
         // Such a change (a file added, the mtimes as they were) is seen: the index is not trusted.
         fs::write(dir.path().join("new/2.b.host"), b"b\n").unwrap();
-        set_mtimes(dir.path(), changed);
+        set_mtimes(dir.path(), soon);
         assert_eq!(count(), 2, "an unsettled index is never trusted");
         // The settler cannot run while a session has the mailbox.
         let session = Mailbox::open(&location, &policy).unwrap();
         assert!(matches!(settle(&location, &policy), Err(OpenError::InUse)));
         drop(session);
-        std::thread::sleep(Duration::from_millis(1100));
-        assert!(settle(&location, &policy).unwrap(), "listed 2 s after the change: settled");
+        assert!(!settle(&location, &policy).unwrap(), "still inside the window: not settled");
+        // The last change 3 s ago: the settler's listing is settled.
+        let past = SystemTime::now() - Duration::from_secs(3);
+        set_mtimes(dir.path(), past);
+        assert!(settle(&location, &policy).unwrap());
         assert!(Mailbox::open(&location, &policy).unwrap().settled());
         // From now on the index is the mailbox: a file slipped in behind its back with the
         // mtimes restored (which no maildir writer can do) is not listed, proving no readdir.
         fs::write(dir.path().join("new/3.c.host"), b"c\n").unwrap();
-        set_mtimes(dir.path(), changed);
+        set_mtimes(dir.path(), past);
         assert_eq!(count(), 2);
         // Any real change moves an mtime and is seen.
         fs::rename(dir.path().join("new/3.c.host"), dir.path().join("new/4.d.host")).unwrap();
