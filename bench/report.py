@@ -71,13 +71,17 @@ METRICS = [
     ("big-mailbox [plain]", "stat_ms", "big-mailbox (plain names) 2nd session STAT ms", 1, ("ratio_le", 0.2)),
     ("big-mailbox [plain]", login_stat, "big-mailbox (plain names) 2nd session login+STAT ms", 1, ("ratio_le", 0.2)),
     ("big-mailbox [plain]", "list_ms", "big-mailbox (plain names) 2nd session LIST ms", 1, None),
-    ("big-mailbox [plain]", "uidl_ms", "big-mailbox (plain names) 2nd session UIDL ms", 1, ("ratio_le", 0.2)),
+    ("big-mailbox [plain]", "uidl_ms", "big-mailbox (plain names) 2nd session UIDL ms", 1, ("ratio_le", 0.15)),
+    ("big-mailbox [plain warm]", "first_login_stat_ms",
+     "big-mailbox (plain names) first login+STAT after restart (index kept) ms", 1, ("ratio_le", 0.3)),
     ("big-mailbox [sized]", "first_login_stat_ms", "big-mailbox (sized names) first login+STAT ms", 1, ("ratio_le", 0.3)),
     ("big-mailbox [sized]", "second_login_ms", "big-mailbox (sized names) 2nd session login ms", 1, None),
     ("big-mailbox [sized]", "stat_ms", "big-mailbox (sized names) 2nd session STAT ms", 1, ("ratio_le", 0.2)),
     ("big-mailbox [sized]", login_stat, "big-mailbox (sized names) 2nd session login+STAT ms", 1, ("ratio_le", 0.2)),
     ("big-mailbox [sized]", "list_ms", "big-mailbox (sized names) 2nd session LIST ms", 1, None),
-    ("big-mailbox [sized]", "uidl_ms", "big-mailbox (sized names) 2nd session UIDL ms", 1, ("ratio_le", 0.2)),
+    ("big-mailbox [sized]", "uidl_ms", "big-mailbox (sized names) 2nd session UIDL ms", 1, ("ratio_le", 0.15)),
+    ("big-mailbox [sized warm]", "first_login_stat_ms",
+     "big-mailbox (sized names) first login+STAT after restart (index kept) ms", 1, ("ratio_le", 0.3)),
     ("idle", "pss_bytes_per_session", "idle PSS KiB/session", 1 / KIB, ("abs_le", 64)),
     ("idle", "rss_bytes_per_session", "idle RSS KiB/session", 1 / KIB, None),
     ("idle", "sessions_held", "idle sessions held", 1, None),
@@ -138,6 +142,7 @@ w(f"- apopd: {env['APOPD_VERSION']}")
 w(f"- Dovecot: {env['DOVECOT_VERSION']}")
 w(f"- Maildirs on: {env['WORK_FS']}")
 w(f"- Load average before / after: {env['LOAD_BEFORE']} / {env['LOAD_AFTER']}; run took {env['ELAPSED']} s")
+w(f"- Scenarios: {env.get('SCENARIOS', 'all')}")
 w("")
 w("## Results")
 w("")
@@ -193,7 +198,9 @@ for note in [
     "its index files are deleted first, and for apopd its `apopd.index`, so the first login builds them "
     "(apopd reads every file whose name carries no `,W=` size). apopd computes everything at login and "
     "STAT is then free; Dovecot logs in fast and computes sizes at STAT. The derived \"login+STAT\" row "
-    "compares the whole cost.",
+    "compares the whole cost. The \"after restart (index kept)\" rows restart each server again after those "
+    "sessions and more than apopd's 2 s settle time, keeping every index file (apopd's `apopd.index`, "
+    "Dovecot's index, cache and uidlist): the first login+STAT of a server start on an unchanged mailbox.",
     "idle: memory summed over the server's processes (Dovecot: master and every child, one `pop3` process "
     "per session). PSS shares each shared page among its users; RSS counts it in every process. "
     "While the sessions are held, a fresh client (not one of them) connects, logs in with APOP, RETRs a "

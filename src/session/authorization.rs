@@ -10,7 +10,8 @@ use crate::i18n::Key;
 use crate::metrics::{LoginResult, Method};
 use crate::protocol::Command;
 use crate::protocol::response::{err, multi_line, ok};
-use crate::store::{Mailbox, OpenError};
+use crate::store::index::SETTLE;
+use crate::store::{Location, Mailbox, OpenError, Policy, settle};
 
 /// Refusal of USER/PASS, AUTH PLAIN and AUTH LOGIN without TLS from an untrusted network,
 /// naming what this connection does offer.
@@ -236,7 +237,16 @@ async fn login(
         return counted(LoginResult::Failure, Outcome::Reply(err(&auth_failed())));
     };
     let policy = cx.shared.mail_root.policy().clone();
-    let opened = tokio::task::spawn_blocking(move || Mailbox::open(&location, &policy)).await;
+    let opened = tokio::task::spawn_blocking(move || (Mailbox::open(&location, &policy), location, policy)).await;
+    let opened = opened.map(|(opened, location, policy)| {
+        if let Ok(mailbox) = &opened
+            && !mailbox.settled()
+            && settle::schedule(mailbox.dir())
+        {
+            settle_later(location, policy, mailbox.dir().to_owned());
+        }
+        opened
+    });
     match opened {
         Ok(Ok(mailbox)) => {
             tracing::Span::current().record("user", tracing::field::debug(&user));
@@ -265,4 +275,29 @@ async fn login(
             counted(LoginResult::Error, Outcome::Reply(err(t.get(Key::CannotOpen))))
         }
     }
+}
+
+/// Once [`SETTLE`] has passed, rescan the mailbox a login could not leave a trusted index for,
+/// so the next login (or the first after a restart) reads the index instead of the directories.
+/// While a session holds the mailbox or the directories keep changing, try again later, with
+/// growing waits (about 4 minutes in all).
+/// `dir` is the maildir [`settle::schedule`]d for it.
+fn settle_later(location: Location, policy: Policy, dir: std::path::PathBuf) {
+    tokio::spawn(async move {
+        let mut wait = SETTLE + std::time::Duration::from_millis(100);
+        for _ in 0..7 {
+            tokio::time::sleep(wait).await;
+            let (location, policy) = (location.clone(), policy.clone());
+            match tokio::task::spawn_blocking(move || settle::settle(&location, &policy)).await {
+                Ok(Ok(false) | Err(OpenError::InUse)) => wait *= 2,
+                Ok(Ok(true)) => break,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "cannot settle the mailbox index");
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        settle::unschedule(&dir);
+    });
 }

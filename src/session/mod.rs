@@ -521,15 +521,7 @@ impl<S: Transport> Session<S> {
     /// shrinks meanwhile, a line break before the terminator keeps the response well-formed.
     async fn send_verbatim(&mut self, status: Vec<u8>, file: std::fs::File, size: u64) -> std::io::Result<()> {
         let timeout = self.core.context.shared.config.write_timeout();
-        let Some(socket) = self.io.get_ref().get_ref().plain_socket() else {
-            return Err(std::io::Error::other("zero-copy RETR without a plain socket"));
-        };
-        transport::cork(socket, true)?;
-        let sent = self.send_corked(&status, &file, size, timeout).await;
-        if let Some(socket) = self.io.get_ref().get_ref().plain_socket() {
-            transport::cork(socket, false)?;
-        }
-        let (sent, end) = sent?;
+        let (sent, end) = self.send_status_file_end(&status, &file, size, timeout).await?;
         let metrics = &self.core.context.shared.metrics;
         metrics.retrieved(false, (status.len() + end) as u64 + sent);
         metrics.zero_copy(sent);
@@ -540,19 +532,20 @@ impl<S: Transport> Session<S> {
     }
 
     /// [`Session::send_verbatim`]'s writes; returns the file octets sent and the octets after them.
-    async fn send_corked(
+    async fn send_status_file_end(
         &mut self,
         status: &[u8],
         file: &std::fs::File,
         size: u64,
         timeout: Duration,
     ) -> std::io::Result<(u64, usize)> {
-        within(timeout, self.io.write_all(status)).await?;
+        // Anything still buffered goes first; then the socket is written directly.
         within(timeout, self.io.flush()).await?;
-        let sent = match self.io.get_ref().get_ref().plain_socket() {
-            Some(socket) => transport::send_file(socket, file, size, timeout).await?,
-            None => 0,
+        let Some(socket) = self.io.get_ref().get_ref().plain_socket() else {
+            return Err(std::io::Error::other("zero-copy RETR without a plain socket"));
         };
+        transport::send_more(socket, status, timeout).await?;
+        let sent = transport::send_file(socket, file, size, timeout).await?;
         let mut end = Vec::with_capacity(2 + TERMINATOR.len());
         if sent < size {
             tracing::warn!(sent, size, "message file shrank while it was sent; ending the response early");

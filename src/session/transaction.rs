@@ -144,9 +144,10 @@ impl Transaction {
 
     /// A LIST or UIDL listing: `n <what>` per live message, built in one buffer. The lines
     /// start with a digit, so none needs byte-stuffing.
-    fn listing(&self, status: &str, what: impl Fn(&mut Vec<u8>, &Message)) -> Vec<u8> {
+    fn listing(&self, status: &str, per_line: usize, what: impl Fn(&mut Vec<u8>, &Message)) -> Vec<u8> {
         let mut out = ok(status);
-        out.reserve(self.deleted.len() * 32 + TERMINATOR.len());
+        // `n ` (up to 7 bytes for 1,000,000 messages), the value, CRLF: one allocation.
+        out.reserve(self.deleted.len() * (per_line + 9) + TERMINATOR.len());
         for (n, message) in self.live() {
             push_number(&mut out, n as u64);
             out.push(b' ');
@@ -183,17 +184,22 @@ impl Transaction {
             Command::List(None) => {
                 let (count, octets) = self.totals();
                 let status = t.fill(Key::ListOk, &[("messages", &t.messages(count as u64)), ("octets", &octets)]);
-                self.listing(&status, |out, m| push_number(out, m.size))
+                self.listing(&status, 8, |out, m| push_number(out, m.size))
             }
             Command::List(Some(n)) => match self.index(n, t) {
                 Ok(i) => ok(&format!("{} {}", i + 1, self.mailbox.messages()[i].size)),
                 Err(e) => e,
             },
             Command::Uidl(None) => {
-                self.listing(t.get(Key::UidlFollows), |out, m| out.extend_from_slice(m.uidl.as_bytes()))
+                let mailbox = &self.mailbox;
+                let typical = mailbox.messages().first().map_or(0, |m| mailbox.uidl(m).len());
+                self.listing(t.get(Key::UidlFollows), typical, |out, m| out.extend_from_slice(mailbox.uidl(m)))
             }
             Command::Uidl(Some(n)) => match self.index(n, t) {
-                Ok(i) => ok(&format!("{} {}", i + 1, self.mailbox.messages()[i].uidl)),
+                Ok(i) => {
+                    let uidl = self.mailbox.uidl(&self.mailbox.messages()[i]);
+                    ok(&format!("{} {}", i + 1, String::from_utf8_lossy(uidl)))
+                }
                 Err(e) => e,
             },
             Command::Retr(n) => return self.message(n, None, t, zero_copy).await,
@@ -243,7 +249,7 @@ impl Transaction {
                 Outcome::Message { status, body, top }
             }
             Ok(Err(e)) => {
-                let path = self.mailbox.dir().join(self.mailbox.messages()[i].relative_path());
+                let path = self.mailbox.dir().join(self.mailbox.relative_path(&self.mailbox.messages()[i]));
                 tracing::error!(path = %path.display(), error = %e, "cannot read message");
                 Outcome::Reply(err(&t.fill(Key::CannotReadN, &[("n", &(i + 1))])))
             }

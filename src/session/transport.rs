@@ -32,10 +32,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Transport for tokio_rustls::server::TlsS
 
 impl Transport for tokio::io::DuplexStream {}
 
-/// Hold back partial TCP segments while `cork` is set (TCP_CORK), so the status line, the
-/// file and the terminator leave in full segments instead of three small ones.
-pub fn cork(socket: &TcpStream, cork: bool) -> io::Result<()> {
-    socket2::SockRef::from(socket).set_tcp_cork(cork)
+/// Send all of `bytes` with `MSG_MORE`: the kernel holds them back until the next send without
+/// it (the end of a `sendfile`), so the status line and the file leave in full segments,
+/// without the two `TCP_CORK` system calls per message.
+pub async fn send_more(socket: &TcpStream, bytes: &[u8], timeout: Duration) -> io::Result<()> {
+    let mut sent = 0;
+    while sent < bytes.len() {
+        let step = socket.async_io(Interest::WRITABLE, || {
+            socket2::SockRef::from(socket).send_with_flags(&bytes[sent..], nix::libc::MSG_MORE)
+        });
+        sent += super::within(timeout, step).await?;
+    }
+    Ok(())
 }
 
 /// At most this much per `sendfile` call, so the write timeout applies to progress, not to

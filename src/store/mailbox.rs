@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use crate::protocol::response::WireSize;
 
 use super::flags;
-use super::index::{self, Entry, Index, Previous, Sub};
+use super::index::{self, Index, Listing, Previous, Sub};
 use super::lock::{LockError, MailboxLock};
 use super::safe_fs::{Location, Maildir, Policy, WalkError};
 use super::uidl::{self, base_name};
@@ -17,33 +17,9 @@ use super::uidl::{self, base_name};
 /// Files in `tmp/` untouched this long are removed at login (the maildir spec's 36 hours).
 pub const TMP_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(36 * 3600);
 
-/// One message as the session sees it (kept small: a session holds one per message).
-#[derive(Debug, Clone)]
-pub struct Message {
-    /// The subdirectory the file is in (as of the scan, or apopd's own move to `cur/`).
-    pub sub: Sub,
-    /// Its file name (as of the scan, or apopd's own move to `cur/`).
-    pub name: Box<[u8]>,
-    /// Octets as transmitted: CRLF line endings, before byte-stuffing.
-    pub size: u64,
-    /// The RFC 1939 unique-id.
-    pub uidl: Box<str>,
-    /// The file is known to go on the wire as it is (CRLF lines, none starting with `.`), so
-    /// its length is `size` and RETR may send it with `sendfile`.
-    pub verbatim: bool,
-}
-
-impl Message {
-    fn from_entry(entry: Entry) -> Self {
-        let Entry { sub, name, size, uidl, verbatim, .. } = entry;
-        Message { sub, name: name.into_boxed_slice(), size, uidl, verbatim }
-    }
-
-    /// Where the file was at scan time, relative to the maildir (`cur/…` or `new/…`).
-    pub fn relative_path(&self) -> PathBuf {
-        Path::new(self.sub.dir()).join(OsStr::from_bytes(&self.name))
-    }
-}
+/// One message as the session sees it: its POP3 size and subdirectory; its name and UIDL are
+/// read through [`Mailbox::name`] and [`Mailbox::uidl`] (they stay in the index's bytes).
+pub use super::index::Slot as Message;
 
 /// Why a mailbox could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -90,8 +66,10 @@ pub struct Removal {
 #[derive(Debug)]
 pub struct Mailbox {
     maildir: Maildir,
-    messages: Vec<Message>,
+    listing: Listing,
     flag_updates: bool,
+    /// The index on disk is one the next login will trust, if nothing changes meanwhile.
+    settled: bool,
     _lock: MailboxLock,
 }
 
@@ -102,14 +80,14 @@ impl Mailbox {
     /// Blocking: call it from a blocking task.
     pub fn open(location: &Location, policy: &Policy) -> Result<Self, OpenError> {
         let maildir = Maildir::open(location, policy, true)?;
-        let lock = MailboxLock::try_acquire(&maildir)?;
+        let lock = super::settle::lock_for_session(&maildir)?;
         match maildir.clean_tmp(TMP_MAX_AGE) {
             Ok(0) => {}
             Ok(n) => tracing::info!(maildir = %maildir.path().display(), removed = n, "removed stale files from tmp/"),
             Err(e) => tracing::warn!(maildir = %maildir.path().display(), error = %e, "cannot clean tmp/"),
         }
-        let messages = scan(&maildir, policy).map_err(OpenError::Io)?;
-        let mut mailbox = Mailbox { maildir, messages, flag_updates: !policy.no_flag_updates, _lock: lock };
+        let (listing, settled) = scan(&maildir, policy).map_err(OpenError::Io)?;
+        let mut mailbox = Mailbox { maildir, listing, flag_updates: !policy.no_flag_updates, settled, _lock: lock };
         if mailbox.flag_updates {
             mailbox.move_new_to_cur();
         }
@@ -121,21 +99,26 @@ impl Mailbox {
     /// A message that cannot be moved stays where it is (logged); its UIDL never changes.
     fn move_new_to_cur(&mut self) {
         let mut moved = 0;
-        for message in self.messages.iter_mut().filter(|m| m.sub == Sub::New) {
-            let to = flags::cur_name(&message.name);
-            match self.maildir.rename(Sub::New, &message.name, Sub::Cur, &to) {
+        for i in 0..self.listing.slots().len() {
+            let message = self.listing.slots()[i];
+            if message.sub != Sub::New {
+                continue;
+            }
+            let name = self.listing.name(&message);
+            let to = flags::cur_name(name);
+            match self.maildir.rename(Sub::New, name, Sub::Cur, &to) {
                 Ok(()) => {
-                    message.sub = Sub::Cur;
-                    message.name = to.into_boxed_slice();
+                    self.listing.rename(i, Sub::Cur, &to);
                     moved += 1;
                 }
                 Err(e) => {
-                    let file = message.relative_path();
+                    let file = self.relative_path(&message);
                     tracing::warn!(maildir = %self.maildir.path().display(), file = ?file, error = %e, "cannot move a message to cur/");
                 }
             }
         }
         if moved > 0 {
+            self.settled = false;
             for sub in Sub::BOTH {
                 if let Err(e) = self.maildir.sync(sub) {
                     tracing::warn!(dir = %self.dir().display(), error = %e, "cannot sync maildir directory");
@@ -146,7 +129,29 @@ impl Mailbox {
 
     /// The messages, numbered from 1 in this order.
     pub fn messages(&self) -> &[Message] {
-        &self.messages
+        self.listing.slots()
+    }
+
+    /// The UIDL of `message` (1 to 70 characters in 0x21–0x7E).
+    pub fn uidl(&self, message: &Message) -> &[u8] {
+        self.listing.uidl(message)
+    }
+
+    /// The file name of `message` (as of the scan, or apopd's own move to `cur/`).
+    pub fn name(&self, message: &Message) -> &[u8] {
+        self.listing.name(message)
+    }
+
+    /// Where `message` was at scan time, relative to the maildir (`cur/…` or `new/…`).
+    pub fn relative_path(&self, message: &Message) -> PathBuf {
+        Path::new(message.sub.dir()).join(OsStr::from_bytes(self.name(message)))
+    }
+
+    /// True when the index on disk is one the next login will trust (as long as nothing
+    /// changes): the directories were not listed within [`index::SETTLE`] of their last
+    /// change, and this session moved nothing.
+    pub fn settled(&self) -> bool {
+        self.settled
     }
 
     /// The maildir's directory, for logs.
@@ -159,8 +164,8 @@ impl Mailbox {
     ///
     /// Blocking: call it from a blocking task.
     pub fn open_message(&self, i: usize) -> io::Result<File> {
-        let message = self.messages.get(i).ok_or_else(|| io::Error::other("no such message"))?;
-        match self.maildir.open_message(message.sub, &message.name) {
+        let message = self.messages().get(i).ok_or_else(|| io::Error::other("no such message"))?;
+        match self.maildir.open_message(message.sub, self.name(message)) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => match self.locate(message)? {
                 Some((sub, name)) => self.maildir.open_message(sub, name.as_bytes()),
                 None => Err(e),
@@ -172,8 +177,8 @@ impl Mailbox {
     /// [`Mailbox::open_message`] when it needs no disk I/O (see
     /// [`Maildir::open_message_cached`]); `None` otherwise: then call that from a blocking thread.
     pub fn open_message_cached(&self, i: usize) -> Option<File> {
-        let message = self.messages.get(i)?;
-        self.maildir.open_message_cached(message.sub, &message.name)
+        let message = self.messages().get(i)?;
+        self.maildir.open_message_cached(message.sub, self.name(message))
     }
 
     /// UPDATE: remember the messages at `verbatim` as sent verbatim (RETR found them in wire
@@ -182,7 +187,7 @@ impl Mailbox {
     ///
     /// Blocking: call it from a blocking task.
     pub fn update(&self, verbatim: &[usize], seen: &[usize], deleted: &[usize]) -> Removal {
-        let learned = verbatim.iter().filter_map(|&i| self.messages.get(i)).map(|m| (&m.name[..], m.size)).collect();
+        let learned = verbatim.iter().filter_map(|&i| self.messages().get(i)).map(|m| (self.name(m), m.size)).collect();
         index::remember_verbatim(&self.maildir, &learned);
         if self.flag_updates {
             self.mark_seen(seen);
@@ -194,8 +199,8 @@ impl Mailbox {
     /// A failure loses nothing, so it is logged, not reported to the client.
     fn mark_seen(&self, indexes: &[usize]) {
         let mut renamed = false;
-        for message in indexes.iter().filter_map(|&i| self.messages.get(i)) {
-            let result = match self.set_seen(message.sub, &message.name) {
+        for message in indexes.iter().filter_map(|&i| self.messages().get(i)) {
+            let result = match self.set_seen(message.sub, self.name(message)) {
                 // Renamed since the scan (another program changed its flags): follow it.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => match self.locate(message) {
                     Ok(Some((sub, name))) => self.set_seen(sub, name.as_bytes()),
@@ -207,7 +212,7 @@ impl Mailbox {
             match result {
                 Ok(done) => renamed |= done,
                 Err(e) => {
-                    let file = message.relative_path();
+                    let file = self.relative_path(message);
                     tracing::warn!(maildir = %self.dir().display(), file = ?file, error = %e, "cannot mark a message seen");
                 }
             }
@@ -234,10 +239,10 @@ impl Mailbox {
             return result; // most QUITs delete nothing: no directory syncs for them
         }
         for &i in indexes {
-            let Some(message) = self.messages.get(i) else { continue };
+            let Some(message) = self.messages().get(i) else { continue };
             match self.remove_one(message) {
                 Ok(()) => result.removed += 1,
-                Err(e) => result.failed.push(format!("{}: {e}", message.relative_path().display())),
+                Err(e) => result.failed.push(format!("{}: {e}", self.relative_path(message).display())),
             }
         }
         for sub in Sub::BOTH {
@@ -250,7 +255,7 @@ impl Mailbox {
     }
 
     fn remove_one(&self, message: &Message) -> io::Result<()> {
-        match self.maildir.unlink(message.sub, &message.name) {
+        match self.maildir.unlink(message.sub, self.name(message)) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => match self.locate(message)? {
                 Some((sub, name)) => self.maildir.unlink(sub, name.as_bytes()),
                 None => Ok(()), // already gone: the goal is reached
@@ -261,7 +266,7 @@ impl Mailbox {
 
     /// Find the current name of `message` by its base name in `cur/` and `new/`.
     fn locate(&self, message: &Message) -> io::Result<Option<(Sub, OsString)>> {
-        let wanted = base_name(&message.name);
+        let wanted = base_name(self.name(message));
         for sub in Sub::BOTH {
             for listed in self.maildir.list(sub)? {
                 if base_name(listed.name.as_bytes()) == wanted {
@@ -276,27 +281,33 @@ impl Mailbox {
 /// The mailbox's messages in session order: from the index when the directories have not
 /// changed since it was written, else by listing `cur/` and `new/` (every regular, non-hidden
 /// file that passes the maildir's rules is a message) and refreshing the index. A message the
-/// index remembers keeps its UIDL; any other gets one from [`uidl::assign_all`].
-fn scan(maildir: &Maildir, policy: &Policy) -> Result<Vec<Message>, String> {
+/// index remembers keeps its UIDL; any other gets one from [`uidl::assign_all`]. Also says
+/// whether the index now on disk is [`index::settled`] (the next login will trust it).
+pub(super) fn scan(maildir: &Maildir, policy: &Policy) -> Result<(Listing, bool), String> {
     let path = maildir.path();
     let scheme = policy.uidl.to_string();
-    // Taken before listing: a change during the listing makes the next login list again.
+    // The clock, then the mtimes, then the listing: a change after the mtimes were read
+    // moves one of them once the listing is settled (see `index::settled`).
+    let as_of = index::now();
     let times = index::dir_times(maildir).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let mut index = Index::load(maildir);
-    if let Some(entries) = index.take_if_current(times, &scheme) {
-        return Ok(entries.into_iter().map(Message::from_entry).collect());
+    if let Some(listing) = index.take_if_current(times, &scheme) {
+        return Ok((listing, true));
     }
     let previous = index.previous(&scheme);
     let found = list(maildir, policy.max_message_size, &previous)?;
     let names: Vec<(Sub, &[u8])> = found.iter().map(|(sub, name, ..)| (*sub, &name[..])).collect();
     let uidls = uidl::assign_all(maildir, &policy.uidl, &previous, !index.existed, &names);
-    let entries: Vec<Entry> = found
-        .into_iter()
-        .zip(uidls)
-        .map(|((sub, name, len, size, verbatim), (uidl, _))| Entry { sub, name, len, size, uidl, verbatim })
-        .collect();
-    index::save(maildir, times, &scheme, &entries);
-    Ok(entries.into_iter().map(Message::from_entry).collect())
+    let bytes = found.iter().zip(&uidls).map(|((_, name, ..), (uidl, _))| name.len() + uidl.len() + 32).sum();
+    let mut listing = Listing::with_capacity(found.len(), bytes);
+    for ((sub, name, len, size, verbatim), (uidl, _)) in found.iter().zip(&uidls) {
+        if !listing.push(*sub, name, *len, *size, *verbatim, uidl.as_bytes()) {
+            let file = Path::new(sub.dir()).join(OsStr::from_bytes(name));
+            tracing::warn!(maildir = %path.display(), file = ?file, "skipping a message whose name is too long to index");
+        }
+    }
+    index::save(maildir, times, as_of, &scheme, &listing);
+    Ok((listing, index::settled(times, as_of)))
 }
 
 /// A listed message: `(sub, name, length, POP3 size, verbatim)`.
@@ -323,9 +334,8 @@ pub(crate) fn list(maildir: &Maildir, max_size: u64, previous: &Previous) -> Res
                 tracing::warn!(maildir = %path.display(), file = ?file, "not serving a message larger than max_message_size");
                 continue;
             }
-            // The length is not needed when the name gives the size.
-            // A verbatim file's length is its size; RETR may have learnt it (see
-            // `index::remember_verbatim`).
+            // The length is not needed when the name gives the size. A verbatim file's
+            // length is its size; RETR may have learnt it (see `index::remember_verbatim`).
             Some(size) => match len.is_none_or(|len| len == size) && previous.is_verbatim(base_name(&name), size) {
                 true => (size, size, true),
                 false => (len.unwrap_or(0), size, false),
@@ -412,6 +422,10 @@ mod tests {
         Mailbox::open(&Location::at(dir, "x"), &Policy { no_flag_updates: true, ..Policy::default() })
     }
 
+    fn uidls(mailbox: &Mailbox) -> Vec<String> {
+        mailbox.messages().iter().map(|m| String::from_utf8(mailbox.uidl(m).to_vec()).unwrap()).collect()
+    }
+
     fn names(dir: &Path, sub: &str) -> Vec<String> {
         let mut names: Vec<String> = fs::read_dir(dir.join(sub))
             .unwrap()
@@ -432,8 +446,7 @@ mod tests {
         let mailbox = Mailbox::open(&Location::at(dir.path(), "x"), &Policy::default()).unwrap();
         assert!(names(dir.path(), "new").is_empty());
         assert_eq!(names(dir.path(), "cur"), vec!["1.a.host:2,", "2.b.host:2,", "3.c.host:2,Fa", "4.d.host:2,T"]);
-        let uidls: Vec<&str> = mailbox.messages().iter().map(|m| &*m.uidl).collect();
-        assert_eq!(uidls, vec!["1.a.host", "2.b.host", "3.c.host", "4.d.host"]);
+        assert_eq!(uidls(&mailbox), vec!["1.a.host", "2.b.host", "3.c.host", "4.d.host"]);
         let mut text = String::new();
         mailbox.open_message(0).unwrap().read_to_string(&mut text).unwrap();
         assert_eq!(text, "a\n", "the message is followed to cur/");
@@ -444,8 +457,7 @@ mod tests {
         assert_eq!(names(dir.path(), "cur"), vec!["1.a.host:2,S", "2.b.host:2,", "3.c.host:2,FRSa"]);
         drop(mailbox);
         let again = open(dir.path()).unwrap();
-        let uidls: Vec<&str> = again.messages().iter().map(|m| &*m.uidl).collect();
-        assert_eq!(uidls, vec!["1.a.host", "2.b.host", "3.c.host"], "flags never change a UIDL");
+        assert_eq!(uidls(&again), vec!["1.a.host", "2.b.host", "3.c.host"], "flags never change a UIDL");
     }
 
     #[test]
@@ -460,7 +472,6 @@ mod tests {
     fn dovecot_uidlist_uidls_are_remembered_after_dovecot_numbers_new_mail() {
         let dir = maildir_with(&[("cur/1.a.host:2,S", b"a\n"), ("new/2.b.host", b"b\n")]);
         fs::write(dir.path().join("dovecot-uidlist"), b"3 V1700000000 N2\n1 :1.a.host:2,S\n").unwrap();
-        let uidls = |m: &Mailbox| m.messages().iter().map(|m| m.uidl.to_string()).collect::<Vec<_>>();
         let first = uidls(&open(dir.path()).unwrap());
         assert_eq!(first, vec!["000000016553f100", "2.b.host"]);
         // Dovecot's imap numbers the new message and a third arrives.
@@ -495,9 +506,8 @@ mod tests {
         let mailbox = open(dir.path()).unwrap();
         let m = mailbox.messages();
         assert_eq!(m.len(), 2);
-        assert_eq!(&*m[0].uidl, "100.b.host");
+        assert_eq!(uidls(&mailbox), vec!["100.b.host", "300.a.host"]);
         assert_eq!(m[0].size, 20);
-        assert_eq!(&*m[1].uidl, "300.a.host");
         assert_eq!(m[1].size, 20, "bare LFs count as CRLF");
     }
 
@@ -541,13 +551,12 @@ mod tests {
         fs::write(dir.path().join("new/3.c.host"), b"c\n").unwrap();
         settle(dir.path(), past);
         let mailbox = open(dir.path()).unwrap();
-        let seen: Vec<(String, u64)> = mailbox.messages().iter().map(|m| (m.uidl.to_string(), m.size)).collect();
-        assert_eq!(seen, vec![("1.a.host".to_owned(), 3), ("2.b.host".to_owned(), 4)]);
+        let sizes: Vec<u64> = mailbox.messages().iter().map(|m| m.size).collect();
+        assert_eq!((uidls(&mailbox), sizes), (vec!["1.a.host".to_owned(), "2.b.host".to_owned()], vec![3, 4]));
         drop(mailbox);
         // Any real change (here a delivery) moves new/'s mtime: the directories are read again.
         fs::rename(dir.path().join("new/3.c.host"), dir.path().join("new/4.d.host")).unwrap();
-        let uidls: Vec<String> = open(dir.path()).unwrap().messages().iter().map(|m| m.uidl.to_string()).collect();
-        assert_eq!(uidls, vec!["1.a.host", "2.b.host", "4.d.host"]);
+        assert_eq!(uidls(&open(dir.path()).unwrap()), vec!["1.a.host", "2.b.host", "4.d.host"]);
     }
 
     #[test]

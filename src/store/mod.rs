@@ -6,6 +6,7 @@ pub mod index;
 pub mod lock;
 pub mod mailbox;
 pub mod safe_fs;
+pub mod settle;
 pub mod survey;
 pub mod uidl;
 pub mod user_path;
