@@ -67,22 +67,30 @@ impl Body {
             let _ = nix::fcntl::posix_fadvise(&file, 0, ahead, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED);
             return Some(Body { head: Vec::new(), rest: None, size, verbatim: Some(file), index: i });
         }
-        let head = read_cached(&file, READ_AT_OPEN as usize)?;
+        let head = read_cached(&file, size.min(READ_AT_OPEN) as usize + 1, READ_AT_OPEN as usize)?;
         let rest = (head.len() as u64 == READ_AT_OPEN).then(|| tokio::fs::File::from_std(file));
         Some(Body { head, rest, size, verbatim: None, index: i })
     }
 }
 
 /// Up to `limit` bytes from the start of `file` if they are all in the page cache
-/// (`preadv2` with `RWF_NOWAIT`); `None` when a read would wait for the disk or fails.
-fn read_cached(file: &std::fs::File, limit: usize) -> Option<Vec<u8>> {
+/// (`preadv2` with `RWF_NOWAIT`), into a buffer of `expected` bytes to begin with (the size
+/// LIST announced: a buffer of `limit` would be a fresh mapping per RETR for most
+/// allocators); `None` when a read would wait for the disk or fails.
+fn read_cached(file: &std::fs::File, expected: usize, limit: usize) -> Option<Vec<u8>> {
     use std::os::fd::AsRawFd;
-    let mut buf = Vec::with_capacity(limit);
+    let mut buf = Vec::with_capacity(expected.min(limit));
     loop {
-        let spare = buf.spare_capacity_mut();
-        if spare.is_empty() {
+        if buf.len() == limit {
             return Some(buf);
         }
+        if buf.len() == buf.capacity() {
+            buf.reserve(limit - buf.len());
+        }
+        let room = limit - buf.len();
+        let spare = buf.spare_capacity_mut();
+        let room = room.min(spare.len());
+        let spare = &mut spare[..room];
         let iov = nix::libc::iovec { iov_base: spare.as_mut_ptr().cast(), iov_len: spare.len() };
         // SAFETY: one iovec over `buf`'s spare capacity, which outlives the call; the kernel
         // writes at most `iov_len` bytes there and returns how many. Offset -1: read at the
