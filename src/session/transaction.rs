@@ -59,12 +59,16 @@ impl Body {
     /// listed. Saves a round trip through the blocking pool per RETR; `None` when anything
     /// would block or is unusual, and then [`Body::open`] gives the full answer.
     fn open_cached(mailbox: &Mailbox, i: usize, verbatim: bool) -> Option<Body> {
-        let file = mailbox.open_message_cached(i)?;
+        let (file, len) = mailbox.open_message_cached(i)?;
         let size = mailbox.messages()[i].size;
-        if verbatim && file.metadata().ok()?.len() == size {
-            // sendfile reads it on this thread: start a cold file's read-ahead now (a hint).
-            let ahead = i64::try_from(size).unwrap_or(i64::MAX);
-            let _ = nix::fcntl::posix_fadvise(&file, 0, ahead, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED);
+        if verbatim && len == size {
+            // sendfile reads it on this thread: start a big cold file's read-ahead now (a hint;
+            // the kernel's own read-ahead covers one sendfile step).
+            if size > super::transport::SENDFILE_CHUNK as u64 {
+                let ahead = i64::try_from(size).unwrap_or(i64::MAX);
+                let advice = nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED;
+                let _ = nix::fcntl::posix_fadvise(&file, 0, ahead, advice);
+            }
             return Some(Body { head: Vec::new(), rest: None, size, verbatim: Some(file), index: i });
         }
         let head = read_cached(&file, size.min(READ_AT_OPEN) as usize + 1, READ_AT_OPEN as usize)?;

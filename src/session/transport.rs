@@ -50,7 +50,7 @@ pub async fn send_more(socket: &TcpStream, bytes: &[u8], timeout: Duration) -> i
 /// the whole message, and a file not in the page cache holds the session's thread for at
 /// most one chunk's disk read at a time (RETR asked the kernel to read ahead when it opened
 /// the file, in the blocking pool).
-const SENDFILE_CHUNK: usize = 256 << 10;
+pub const SENDFILE_CHUNK: usize = 256 << 10;
 
 /// Send the first `len` bytes of `file` to `socket` with `sendfile(2)` (no user-space copy),
 /// waiting for the socket to take them; each step must make progress within `timeout`.

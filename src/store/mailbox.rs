@@ -176,7 +176,7 @@ impl Mailbox {
 
     /// [`Mailbox::open_message`] when it needs no disk I/O (see
     /// [`Maildir::open_message_cached`]); `None` otherwise: then call that from a blocking thread.
-    pub fn open_message_cached(&self, i: usize) -> Option<File> {
+    pub fn open_message_cached(&self, i: usize) -> Option<(File, u64)> {
         let message = self.messages().get(i)?;
         self.maildir.open_message_cached(message.sub, self.name(message))
     }

@@ -286,7 +286,8 @@ impl Maildir {
     /// may call it. `None` when it would block, or for anything unusual (a missing name, a
     /// link, a kernel without `openat2`): the caller then uses [`Maildir::open_message`] from
     /// a blocking thread, which gives the full answer. The same owner and type checks apply.
-    pub fn open_message_cached(&self, sub: Sub, name: &[u8]) -> Option<File> {
+    /// With the file, its length (from the same `fstat`).
+    pub fn open_message_cached(&self, sub: Sub, name: &[u8]) -> Option<(File, u64)> {
         // Linux 5.12's RESOLVE_CACHED; nix does not name it yet.
         const RESOLVE_CACHED: u64 = 0x20;
         let name = single_component(name).ok()?;
@@ -295,8 +296,9 @@ impl Maildir {
             | ResolveFlag::from_bits_retain(RESOLVE_CACHED);
         let how = OpenHow::new().flags(OFlag::O_RDONLY | UNTRUSTED_FILE).resolve(resolve);
         let fd = openat2(self.sub(sub), name, how).ok()?;
-        match self.refusal(&fstat(&fd).ok()?) {
-            None => Some(File::from(fd)),
+        let stat = fstat(&fd).ok()?;
+        match self.refusal(&stat) {
+            None => Some((File::from(fd), u64::try_from(stat.st_size).ok()?)),
             // Refused: let the blocking path refuse it again, and log it once.
             Some(_) => None,
         }
@@ -589,7 +591,9 @@ mod tests {
         }
         // Just listed, so its name is cached: opened on the spot, the same file.
         let mut text = String::new();
-        mail.open_message_cached(Sub::Cur, b"1.ok").expect("cached open").read_to_string(&mut text).unwrap();
+        let (mut file, len) = mail.open_message_cached(Sub::Cur, b"1.ok").expect("cached open");
+        file.read_to_string(&mut text).unwrap();
+        assert_eq!(len, 3);
         assert_eq!(text, "hi\n");
         assert!(mail.open_message_cached(Sub::Cur, b"5.missing").is_none());
     }
