@@ -52,11 +52,10 @@ pub fn is_valid(uidl: &[u8]) -> bool {
 /// The UIDL of the message stored under `file_name`, from its base name.
 pub fn uidl_of(file_name: &[u8]) -> String {
     let base = base_name(file_name);
-    if is_valid(base) {
-        // All bytes are ASCII, so this cannot fail.
-        String::from_utf8_lossy(base).into_owned()
-    } else {
-        hashed(file_name)
+    // A valid UIDL is printable ASCII, so the conversion is a check, not a rewrite.
+    match is_valid(base).then(|| std::str::from_utf8(base)) {
+        Some(Ok(uidl)) => uidl.to_owned(),
+        _ => hashed(file_name),
     }
 }
 
@@ -281,8 +280,9 @@ pub fn assign_all(
     // Borrowed strings, no copies: this runs over every message of a 100,000-message maildir.
     let chosen = |origin: &Option<Origin>| matches!(origin, Some(Origin::BaseName(_) | Origin::XUidl));
     let taken_twice: Vec<usize> = if out.iter().any(|(_, origin)| chosen(origin)) {
-        let mut taken: HashSet<&str> =
-            out.iter().filter(|(_, origin)| !chosen(origin)).map(|(uidl, _)| &**uidl).collect();
+        // Sized for every message up front: no rehashing on the way.
+        let mut taken: HashSet<&str> = HashSet::with_capacity(out.len());
+        taken.extend(out.iter().filter(|(_, origin)| !chosen(origin)).map(|(uidl, _)| &**uidl));
         out.iter()
             .enumerate()
             .filter(|(_, (uidl, origin))| chosen(origin) && !taken.insert(uidl))
