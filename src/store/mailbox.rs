@@ -329,7 +329,8 @@ pub(crate) fn list(maildir: &Maildir, max_size: u64, previous: &Previous) -> Res
     // A mailbox listed cold may have to read every file (names without `,S=`): spread big
     // ones over the cores, in order-keeping chunks (opening and reading 100,000 small files
     // is system-call bound, so two threads take about half the time).
-    let workers = match found.len() {
+    let to_read = found.iter().filter(|(_, name, ..)| size_from_name(name.as_bytes()).is_none()).count();
+    let workers = match to_read {
         n if n >= PARALLEL_LISTING_FROM => std::thread::available_parallelism().map_or(1, |n| n.get()).min(4),
         _ => 1,
     };
@@ -355,7 +356,8 @@ pub(crate) fn list(maildir: &Maildir, max_size: u64, previous: &Previous) -> Res
     Ok(listed.concat())
 }
 
-/// Listings at least this long are measured on several threads.
+/// Listings with at least this many files to read (no size in the name) are measured on
+/// several threads.
 const PARALLEL_LISTING_FROM: usize = 4096;
 
 /// Size up `found` (sorted names from [`list`]), skipping what cannot be served.
