@@ -332,3 +332,36 @@ async fn a_privileged_port_the_process_can_no_longer_bind_is_refused_clearly() {
     assert!(line.contains("restart it to listen there"), "{line}");
     assert!(r.connect().await.greeting.starts_with("+OK"), "still serving the old listeners");
 }
+
+#[tokio::test]
+async fn every_key_changed_in_the_file_is_reloaded_and_named() {
+    let mut r = Reloadable::start("");
+    // Every key here differs from the base (default) config; the reload must pick up each one
+    // into the configuration new connections get, and say which changed.
+    let changed = [
+        "idle_timeout_secs = 700",
+        "write_timeout_secs = 33",
+        "auth_failure_window_secs = 99",
+        "auth_failure_delay_max_ms = 4321",
+        "plaintext_auth_networks = [\"10.0.0.0/8\"]",
+        "transcript_max_bytes = 4096",
+        "transcript_max_files = 7",
+        "pop3_no_flag_updates = false",
+        "max_message_size = 100",
+        "lab_hints = true",
+        "shutdown_grace_secs = 5",
+        "auth_cache_max_entries = 10",
+        "uidl_format = \"basename\"",
+    ];
+    r.reload(&changed, "");
+    let line = r.server.wait_for_log(RELOADED, 1).pop().unwrap();
+    let mut expected: Vec<&str> = changed.iter().map(|l| l.split(' ').next().unwrap()).collect();
+    expected.sort_unstable();
+    assert!(line.contains(&format!("(changed: {})", expected.join(", "))), "{line}");
+
+    // Two of them seen from a new session: every demo message is over 100 octets now, and
+    // errors carry the lab hints.
+    let mut c = r.connect().await;
+    assert!(c.cmd("FROB").await.starts_with("-ERR unknown command Hint: the POP3 commands are"));
+    assert_eq!(c.apop("alice", ALICE_APOP_SECRET).await, "+OK alice's maildrop has 0 messages (0 octets)");
+}
