@@ -8,12 +8,11 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use common::{ALICE_APOP_SECRET, ALICE_PASSWORD, BOB_PASSWORD, Client, Fixture, ServerProcess, TestServer};
+use common::{ALICE_APOP_SECRET, ALICE_PASSWORD, BOB_PASSWORD, Client, Fixture, ServerProcess, TestServer, run_apopd};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const METRICS: &str = "metrics_listen = \"127.0.0.1:0\"";
@@ -154,16 +153,7 @@ async fn a_users_file_change_drops_every_entry() {
 
 /// Run the real `apopd ARGS` with `stdin`; panics unless it succeeds.
 fn apopd(args: &[&str], stdin: &str) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_apopd"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn apopd");
-    let _ = std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), stdin.as_bytes());
-    let out = child.wait_with_output().expect("wait for apopd");
+    let out = run_apopd(args, stdin.as_bytes());
     assert!(out.status.success(), "apopd {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 

@@ -7,12 +7,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use common::{Client, ServerProcess, TestServer, connect_from};
+use common::{Client, ServerProcess, TestServer, connect_from, run_apopd};
 
 const APOPD: &str = env!("CARGO_BIN_EXE_apopd");
 
 fn apopd(args: &[&str]) -> Output {
-    Command::new(APOPD).args(args).stdin(Stdio::null()).output().expect("run apopd")
+    run_apopd(args, b"")
 }
 
 fn lab_init(dir: &Path, extra: &[&str]) -> Output {

@@ -5,20 +5,17 @@
 
 mod common;
 
-use std::io::Write;
-
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 use std::net::TcpListener;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use common::postgres::{Cluster, FAILURE_DELAY_MS, argon2, documented_schema, postgres_bin};
-use common::{ALICE_APOP_SECRET, ALICE_PASSWORD, Fixture, TestServer};
+use common::{ALICE_APOP_SECRET, ALICE_PASSWORD, Fixture, TestServer, run_apopd};
 
-const APOPD: &str = env!("CARGO_BIN_EXE_apopd");
 /// The one answer to a wrong password or an unknown user.
 const AUTH_FAILED: &str = "-ERR [AUTH] invalid user name or password";
 /// `doveadm pw -s SHA512-CRYPT -p 'Correct horse 1'` (as in tests/password_import.rs).
@@ -28,15 +25,7 @@ const SHA512_PASSWORD: &str = "Correct horse 1";
 const ALL_SASL: &str = "sasl_mechanisms = [\"SCRAM-SHA-256\", \"CRAM-MD5\", \"PLAIN\", \"LOGIN\"]";
 /// The `apopd user …` command with `stdin`.
 fn apopd(args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(APOPD)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run apopd");
-    let _ = child.stdin.take().expect("stdin").write_all(stdin.as_bytes());
-    child.wait_with_output().expect("wait")
+    run_apopd(args, stdin.as_bytes())
 }
 
 fn text(bytes: &[u8]) -> String {

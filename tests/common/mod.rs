@@ -7,7 +7,7 @@ pub mod postgres;
 use std::io::{BufRead, BufReader as StdBufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 
 use apopd::config::Config;
 use apopd::server::{Kind, Server};
@@ -400,6 +400,27 @@ pub fn crlf(bytes: &[u8]) -> Vec<u8> {
     if !out.is_empty() && !out.ends_with(b"\r\n") {
         out.extend_from_slice(b"\r\n");
     }
+    out
+}
+
+/// Run the real `apopd ARGS` under `timeout 60` with `stdin` piped in; a command that hung
+/// fails the test instead of hanging it.
+#[allow(dead_code)] // not every test binary runs CLI commands
+pub fn run_apopd(args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new("timeout")
+        .args(["-k", "5", "60", env!("CARGO_BIN_EXE_apopd")])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn apopd");
+    // The command may exit before reading all of it (e.g. on a bad name): ignore EPIPE.
+    let _ = std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), stdin);
+    let out = child.wait_with_output().expect("wait for apopd");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(124), "apopd {args:?} timed out; stderr: {stderr}");
     out
 }
 
